@@ -1,0 +1,461 @@
+"""HF Llama-family folder -> GGUF file, with the `gguf` package's writer and tensor-name maps.
+
+Bytes only: this module stores the weights as F32, F16, BF16 or Q8_0 (the simple types that llama.cpp's
+own converter `convert_hf_to_gguf.py` writes); the K-quant mixtures are produced afterwards by llama.cpp's
+quantizer from an F32 file written here (quantbench.recipes.gguf).
+
+What the converter does, and therefore what we do (llama.cpp `conversion/base.py`, `conversion/llama.py`):
+- tensor names come from `gguf.get_tensor_name_map(arch, n_layers)`;
+- 1-D tensors, `*_norm.weight` and everything not ending in `.weight` (biases) stay F32;
+- Llama/Mistral q_proj and k_proj rows are permuted from HF's rotate-half layout into llama.cpp's
+  interleaved-pair rotary layout (`permute_for_rotary`); Qwen2 uses NeoX rotary in llama.cpp: no permute;
+- tied embeddings: no `output.weight` is written (llama.cpp reuses `token_embd.weight`);
+- RoPE type "llama3" adds a `rope_freqs.weight` tensor of per-frequency factors;
+- Q8_0 needs rows that are a multiple of 32; a tensor whose row is not falls back to F16.
+
+Tensors are read from the safetensors shards one at a time and written one at a time, so the peak
+memory is one tensor, not the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quantbench.errors import QuantbenchError
+
+log = logging.getLogger(__name__)
+
+# The types this writer produces. Names spelled as ggml spells them.
+WRITER_TYPES = ("F32", "F16", "BF16", "Q8_0")
+
+# HF model_type -> (gguf MODEL_ARCH name, permute q/k for llama.cpp's rotary layout)
+SUPPORTED_ARCHITECTURES = {
+    "llama": ("LLAMA", True),
+    "mistral": ("LLAMA", True),  # llama.cpp runs Mistral as arch "llama" (convert_hf_to_gguf.py: LlamaModel)
+    "qwen2": ("QWEN2", False),  # NeoX rotary in llama.cpp: rows already in the right order
+}
+
+# general.file_type for each output type (llama.cpp `llama_ftype`).
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}
+
+QK8_0 = 32  # elements per Q8_0 block (ggml-common.h)
+
+
+def ggml_type(name: str):
+    """The gguf.GGMLQuantizationType called `name` ("Q4_K", "F16", ...)."""
+    import gguf
+
+    try:
+        return gguf.GGMLQuantizationType[name]
+    except KeyError:
+        raise QuantbenchError(f"unknown ggml type '{name}'") from None
+
+
+def ggml_tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
+    """Stored bytes of a tensor of `shape` (PyTorch order, last dim = row) in ggml type `type_name`.
+
+    ggml stores rows of ne[0] = shape[-1] elements as whole blocks: (cols / block) * block_bytes per row.
+    """
+    import gguf
+
+    block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type(type_name)]
+    cols = shape[-1]
+    if cols % block:
+        raise QuantbenchError(f"row width {cols} is not a multiple of the {type_name} block ({block})")
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    return rows * (cols // block) * block_bytes
+
+
+def writer_storage_type(gguf_name: str, shape: tuple[int, ...], out_type: str) -> str:
+    """The ggml type this writer gives one tensor when asked for `out_type` (convert_hf_to_gguf rules)."""
+    if out_type not in WRITER_TYPES:
+        raise QuantbenchError(f"GGUF writer type '{out_type}' is not one of {', '.join(WRITER_TYPES)}")
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return "F32"
+    if out_type == "Q8_0" and shape[-1] % QK8_0:
+        return "F16"  # the converter's fallback when a row is not whole Q8_0 blocks
+    return out_type
+
+
+def permute_for_rotary(W: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp interleaved rotary rows (convert_hf_to_gguf.py LlamaModel.permute).
+
+    Within each head of `head_dim` rows, HF keeps the first halves of the rotary pairs in rows
+    [0, head_dim/2) and the second halves in [head_dim/2, head_dim); llama.cpp wants pair members
+    adjacent: row order 0, h/2, 1, h/2+1, ...  W: (n_head * head_dim, cols) or (n_head * head_dim,).
+    """
+    rows = W.shape[0]
+    return W.reshape(n_head, 2, rows // n_head // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Byte codecs for the simple types
+
+
+def encode_q8_0(x: np.ndarray) -> np.ndarray:
+    """Q8_0 blocks of a float array whose last dim is a multiple of 32, as uint8 (rows, cols/32*34).
+
+    Block layout (ggml-common.h block_q8_0), 34 bytes per 32 elements:
+
+        +--------+----------------------------------+
+        | d fp16 | qs: 32 x int8                    |
+        +--------+----------------------------------+
+          2 B      32 B            value_i = d * qs_i
+
+    The encoding is the reference one of ggml-quants.c quantize_row_q8_0_ref: d = absmax / 127,
+    qs = roundf(x * (1/d)) with roundf rounding halves away from zero.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    cols = x.shape[-1]
+    if cols % QK8_0:
+        raise QuantbenchError(f"Q8_0 needs rows that are a multiple of {QK8_0}, got {cols}")
+    blocks = x.reshape(-1, QK8_0)  # (n_blocks, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv_d = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    v = blocks * inv_d
+    qs = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int8)
+    out = np.concatenate([d.astype(np.float16).view(np.uint8), qs.view(np.uint8)], axis=1)
+    return out.reshape(*x.shape[:-1], cols // QK8_0 * (2 + QK8_0))
+
+
+def encode_bf16(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (round to nearest even, as torch and ggml's fp32->bf16 do), as uint16."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def encode_tensor(x: np.ndarray, type_name: str) -> np.ndarray:
+    """The bytes (as a numpy array the writer accepts) of `x` stored as `type_name`."""
+    if type_name == "F32":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if type_name == "F16":
+        return np.ascontiguousarray(x, dtype=np.float16)
+    if type_name == "BF16":
+        return encode_bf16(x)
+    if type_name == "Q8_0":
+        return encode_q8_0(x)
+    raise QuantbenchError(f"the GGUF writer cannot encode type {type_name}; it writes {', '.join(WRITER_TYPES)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hyperparameters and tokenizer
+
+
+def gguf_architecture(config: dict) -> tuple[str, bool]:
+    """(gguf arch name e.g. "llama", whether q/k rows need the rotary permutation) for an HF config."""
+    import gguf
+
+    model_type = config.get("model_type", "")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise QuantbenchError(
+            f"GGUF conversion does not support architecture '{model_type}'; supported model_type values: "
+            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}. Convert other models with llama.cpp's "
+            "convert_hf_to_gguf.py and pass the .gguf file instead."
+        )
+    arch_enum, permute = SUPPORTED_ARCHITECTURES[model_type]
+    return gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch_enum]], permute
+
+
+def rope_parameters(config: dict) -> dict:
+    """RoPE settings from a transformers 5 (`rope_parameters`) or 4 (`rope_theta`, `rope_scaling`) config."""
+    rope = dict(config.get("rope_parameters") or {})
+    if not rope:
+        rope = dict(config.get("rope_scaling") or {})
+        if "type" in rope and "rope_type" not in rope:
+            rope["rope_type"] = rope.pop("type")
+        rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    rope.setdefault("rope_type", "default")
+    return rope
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Per-frequency divisors for RoPE type "llama3" (Llama 3.1 paper / convert_hf_to_gguf.py)."""
+    base = rope.get("rope_theta", 10000.0)
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def _add_hparams(writer, config: dict, file_type: int, name: str) -> None:
+    import gguf
+
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    writer.add_name(name)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_rope_dimension_count(head_dim)
+    if config.get("head_dim") is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    rope = rope_parameters(config)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    rope_type = rope["rope_type"]
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    elif rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope["factor"])
+        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif rope_type not in ("default", "llama3"):
+        raise QuantbenchError(
+            f"RoPE type '{rope_type}' is not supported by quantbench's GGUF writer (default, linear, yarn, llama3); "
+            "convert this model with llama.cpp's convert_hf_to_gguf.py and pass the .gguf file"
+        )
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+# Pre-tokenizer names llama.cpp knows, keyed by the sha256 of str(token ids) of the converter's check
+# text (llama.cpp convert_hf_to_gguf.py get_vocab_base_pre; the text and hashes are its data).
+_CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 "
+    "333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+_PRE_TOKENIZERS = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Meta-Llama-3-8B
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM-135M
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5-7B
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding-0.6B
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # gpt2
+}
+
+
+def bpe_pre_tokenizer(tokenizer) -> str:
+    """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer, or "default" if unknown."""
+    chkhsh = hashlib.sha256(str(tokenizer.encode(_CHKTXT)).encode()).hexdigest()
+    pre = _PRE_TOKENIZERS.get(chkhsh)
+    if pre is None:
+        log.warning(
+            "unknown BPE pre-tokenizer (hash %s): writing 'default'. quantbench feeds token ids, so "
+            "measurements are unaffected, but llama.cpp's own tokenization of text may differ.",
+            chkhsh[:12],
+        )
+        return "default"
+    return pre
+
+
+def _add_tokenizer(writer, model_dir: Path, vocab_size: int) -> str:
+    """Write the tokenizer as llama.cpp's converter does; returns the tokenizer kind written."""
+    import gguf
+    from gguf.vocab import LlamaHfVocab, SentencePieceVocab
+
+    vocab = None
+    if (model_dir / "tokenizer.model").is_file():
+        try:
+            vocab = SentencePieceVocab(model_dir)
+        except Exception as exc:  # sentencepiece missing or an unusual .model file
+            log.info("sentencepiece vocab not usable (%s); trying tokenizer.json", exc)
+    if vocab is None and (model_dir / "tokenizer.json").is_file():
+        try:
+            vocab = LlamaHfVocab(model_dir)  # byte-fallback BPE in SentencePiece style (Llama 2, Mistral)
+        except (FileNotFoundError, TypeError):
+            vocab = None  # byte-level BPE (Llama 3, SmolLM, Qwen2): handled below
+    if vocab is not None:
+        tokens, scores, toktypes = [], [], []
+        for text, score, toktype in vocab.all_tokens():
+            tokens.append(text)
+            scores.append(score)
+            toktypes.append(toktype)
+        for i in range(len(tokens), vocab_size):  # the embedding may be padded past the tokenizer
+            tokens.append(f"[PAD{i}]".encode())
+            scores.append(-1000.0)
+            toktypes.append(gguf.TokenType.UNUSED)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens[:vocab_size])
+        writer.add_token_scores(scores[:vocab_size])
+        writer.add_token_types(toktypes[:vocab_size])
+        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        return "llama"
+    if not (model_dir / "tokenizer.json").is_file():
+        raise QuantbenchError(f"{model_dir}: no tokenizer (tokenizer.json or tokenizer.model); GGUF files carry the tokenizer")
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    reverse_vocab = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = tokenizer.get_added_vocab()
+    decoder = tokenizer.added_tokens_decoder
+    tokens, toktypes = [], []
+    for i in range(vocab_size):
+        if i not in reverse_vocab:
+            tokens.append(f"[PAD{i}]")
+            toktypes.append(gguf.TokenType.UNUSED)
+            continue
+        token = reverse_vocab[i]
+        if token in added:
+            special = decoder[i].special if i in decoder else False
+            looks_special = token.startswith("<|") and token.endswith("|>")
+            toktypes.append(gguf.TokenType.CONTROL if special or looks_special else gguf.TokenType.USER_DEFINED)
+        else:
+            toktypes.append(gguf.TokenType.NORMAL)
+        tokens.append(token)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(bpe_pre_tokenizer(tokenizer))
+    writer.add_token_list(tokens)
+    writer.add_token_types(toktypes)
+    gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)
+    return "gpt2"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The writer
+
+
+@dataclass(frozen=True)
+class GGUFWriteResult:
+    path: Path
+    file_bytes: int
+    tensor_types: dict  # gguf tensor name -> ggml type name
+    tensor_bytes: dict  # gguf tensor name -> stored bytes (without alignment padding)
+
+
+class _SafetensorsFolder:
+    """Lazy access to the tensors of an HF folder's safetensors shards."""
+
+    def __init__(self, model_dir: Path):
+        from safetensors import safe_open
+
+        self._handles = []
+        self._where: dict[str, object] = {}
+        shards = sorted(model_dir.glob("*.safetensors"))
+        if not shards:
+            raise QuantbenchError(f"{model_dir}: no *.safetensors weights")
+        for shard in shards:
+            handle = safe_open(str(shard), framework="pt")
+            self._handles.append(handle)
+            for key in handle.keys():
+                self._where[key] = handle
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, name: str) -> np.ndarray:
+        import torch
+
+        return self._where[name].get_tensor(name).to(torch.float32).numpy()
+
+
+def _hf_to_gguf_name(name_map, hf_name: str) -> str | None:
+    return name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+
+def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_name: str | None = None) -> GGUFWriteResult:
+    """Convert the HF folder `model_dir` into the GGUF file `out_path`, weights stored as `out_type`.
+
+    The file is written to a temporary name beside `out_path` and renamed when complete.
+    """
+    import gguf
+
+    model_dir = Path(model_dir)
+    out_path = Path(out_path)
+    if out_type not in WRITER_TYPES:
+        raise QuantbenchError(f"GGUF writer type '{out_type}' is not one of {', '.join(WRITER_TYPES)}")
+    config = json.loads((model_dir / "config.json").read_text())
+    if "text_config" in config and "hidden_size" not in config:
+        raise QuantbenchError(
+            f"{model_dir}: multimodal checkpoints are not supported by quantbench's GGUF writer; "
+            f"supported model_type values: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    arch_name, permute = gguf_architecture(config)
+    n_layers = config["num_hidden_layers"]
+    n_head = config["num_attention_heads"]
+    n_head_kv = config.get("num_key_value_heads") or n_head
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    tied = bool(config.get("tie_word_embeddings", False))
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[SUPPORTED_ARCHITECTURES[config["model_type"]][0]], n_layers)
+
+    weights = _SafetensorsFolder(model_dir)
+    # (gguf name, loader, shape, ggml type) in checkpoint order; llama.cpp sorts by layer itself.
+    plan: list[tuple[str, object, tuple[int, ...], str]] = []
+    for hf_name in weights.keys():
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd.weight when output.weight is absent
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed by every runtime
+        gguf_name = _hf_to_gguf_name(name_map, hf_name)
+        if gguf_name is None:
+            raise QuantbenchError(
+                f"{model_dir}: tensor '{hf_name}' has no GGUF name for architecture {arch_name}; "
+                "this checkpoint is not a plain Llama-family model"
+            )
+        shape = tuple(weights._where[hf_name].get_slice(hf_name).get_shape())
+        rotary_heads = None
+        if permute and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            rotary_heads = n_head
+        elif permute and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            rotary_heads = n_head_kv
+
+        def load(hf_name=hf_name, rotary_heads=rotary_heads):
+            W = weights.get(hf_name)
+            return permute_for_rotary(W, rotary_heads) if rotary_heads else W
+
+        plan.append((gguf_name, load, shape, writer_storage_type(gguf_name, shape, out_type)))
+    rope = rope_parameters(config)
+    if rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(rope, head_dim)
+        plan.append(("rope_freqs.weight", lambda f=factors: f, factors.shape, "F32"))
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp_path, arch_name)
+    try:
+        _add_hparams(writer, config, _FILE_TYPE[out_type], model_name or model_dir.name)
+        _add_tokenizer(writer, model_dir, config["vocab_size"])
+        tensor_types, tensor_bytes = {}, {}
+        for gguf_name, _, shape, type_name in plan:
+            nbytes = ggml_tensor_bytes(type_name, shape)
+            # `shape` is the element shape in PyTorch order; the writer reverses it into ggml's ne[].
+            # (A non-uint8 dtype tells add_tensor_info that the shape counts elements, not bytes.)
+            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes, raw_dtype=ggml_type(type_name))
+            tensor_types[gguf_name] = type_name
+            tensor_bytes[gguf_name] = nbytes
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for gguf_name, load, shape, type_name in plan:
+            data = encode_tensor(load(), type_name)
+            writer.write_tensor_data(data.reshape(-1).view(np.uint8))
+        writer.close()
+        os.replace(tmp_path, out_path)
+    finally:
+        writer.close()
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return GGUFWriteResult(out_path, out_path.stat().st_size, tensor_types, tensor_bytes)
