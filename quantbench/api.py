@@ -1,0 +1,299 @@
+"""The Python API: quantize, evaluate, compare, generate. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from quantbench.arch import ArchSpec
+from quantbench.artifact import META_FILE, atomic_dir, read_meta, versions, write_json_atomic
+from quantbench.errors import QuantbenchError
+from quantbench.eval.perplexity import PerplexityProtocol, make_windows
+from quantbench.sources.model import ModelSource, cache_dir, resolve_model
+from quantbench.sources.text import Text, calibration_samples, load_text, split_tokens
+from quantbench.worker import run_in_fresh_process
+
+log = logging.getLogger(__name__)
+
+# The default compare: every family this machine runs, within about 5 minutes on 2 CPU cores.
+DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What is measured and how; every field lands in the report's protocol section."""
+
+    protocol: PerplexityProtocol = field(default_factory=PerplexityProtocol)
+    calibration_fraction: float = 0.25  # first quarter of the text calibrates, the rest is scored
+    calibration_samples: int = 32
+    calibration_length: int = 512
+    prompt_tokens: int = 128  # speed: prompt length for prefill
+    new_tokens: int = 32  # speed: tokens decoded after the prompt
+    batch: int = 1
+    repeats: int = 3
+    warmup: int = 1
+    measure_speed: bool = True
+
+
+@dataclass
+class Workload:
+    """Token ids prepared once in the parent, so every method and runtime sees the very same ids."""
+
+    source: ModelSource
+    text: Text
+    settings: Settings
+    windows: list[dict]
+    calibration: list[list[int]]
+    prompt_ids: list[int]
+    tokenizer: object = None
+
+
+def prepare(model: str | None, text: str | None, settings: Settings, trust_remote_code: bool = False) -> Workload:
+    from transformers import AutoTokenizer
+
+    source = resolve_model(model, trust_remote_code)
+    corpus = load_text(text)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    ids = tokenizer(corpus.content, add_special_tokens=False)["input_ids"]
+    splits = split_tokens(ids, settings.calibration_fraction)
+    windows = make_windows(splits.evaluation, settings.protocol)
+    calib = []
+    if len(splits.calibration) >= settings.calibration_length:
+        calib = calibration_samples(splits.calibration, settings.calibration_samples, settings.calibration_length)
+    prompt = splits.evaluation[: settings.prompt_tokens]
+    return Workload(source, corpus, settings, [asdict(w) for w in windows], calib, prompt, tokenizer)
+
+
+def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
+    """The one shared reference for (model, text, protocol): compute once, reuse from the cache."""
+    from quantbench.eval.reference import Reference, reference_key, reference_path
+
+    key = reference_key(work.source.fingerprint, work.text.fingerprint, work.settings.protocol, "model-dtype")
+    path = reference_path(cache_dir(), key)
+    if not path.is_file():
+        log.info("computing the full-precision reference once (%d windows)", len(work.windows))
+        meta = {"model": work.source.name, "model_fingerprint": work.source.fingerprint, "text": work.text.name,
+                "text_fingerprint": work.text.fingerprint, "protocol": work.settings.protocol.describe()}
+        run_in_fresh_process({"kind": "reference", "model_path": str(work.source.path), "device": device,
+                              "windows": work.windows, "reference_path": str(path), "meta": meta,
+                              "trust_remote_code": work.source.trust_remote_code})
+    ref = Reference(path)
+    nll, n = 0.0, 0
+    for k in range(ref.windows):
+        lp, t = ref.logprobs(k), ref.targets(k)
+        nll += float(-lp.gather(-1, t[:, None])[:, 0].double().sum())
+        n += len(t)
+    return path, math.exp(nll / n)
+
+
+def quantize_to(work: Workload, method: str, out: Path, device: str, options: dict | None = None) -> dict:
+    """Write `method`'s artifact for the workload's model to `out` (atomically) and return its metadata."""
+    from quantbench.recipes import get_recipe
+
+    recipe = get_recipe(method)
+    reason = recipe.unavailable_reason(device)
+    if reason:
+        raise QuantbenchError(f"{method} cannot run on {device} here: {reason}")
+    calib = work.calibration if recipe.needs_calibration else []
+    if recipe.needs_calibration and not calib:
+        raise QuantbenchError(f"{method} needs calibration text: the calibration split is shorter than one sample of "
+                              f"{work.settings.calibration_length} tokens; give a longer --text")
+    options = {**(options or {}), "calibration_samples": len(calib), "calibration_length": work.settings.calibration_length}
+    with atomic_dir(out) as tmp:
+        result = run_in_fresh_process({"kind": "quantize", "method": method, "model_path": str(work.source.path),
+                                       "model_name": work.source.name, "model_fingerprint": work.source.fingerprint,
+                                       "out_dir": str(tmp), "device": device, "calibration": calib, "options": options})
+        meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
+                "source": {"name": work.source.name, "fingerprint": work.source.fingerprint},
+                "calibration": {"text": work.text.name, "samples": len(calib), "length": work.settings.calibration_length} if calib else None,
+                "versions": versions(), **result}
+        meta.update(storage_summary(tmp, work.source, method))
+        write_json_atomic(tmp / META_FILE, meta)
+    return meta
+
+
+def storage_summary(artifact: Path, source: ModelSource, method: str | None) -> dict:
+    """True stored bytes and bits per weight, read back from the written files."""
+    from quantbench.eval.memory import bits_per_weight, group_by_spec, stored_tensor_bytes
+
+    arch = ArchSpec.from_config(source.config())
+    stored = stored_tensor_bytes(artifact)
+    quantized = _quantized_tensor_names(arch, stored, method)
+    return bits_per_weight(stored, arch, quantized)
+
+
+def _quantized_tensor_names(arch: ArchSpec, stored: dict[str, int], method: str | None) -> set[str]:
+    """Which model tensors the method quantizes: from its plan when it has one, else from the bytes."""
+    from quantbench.eval.memory import group_by_spec
+    from quantbench.recipes import get_recipe
+
+    if method not in (None, "hf", "gguf-file"):
+        try:
+            recipe = get_recipe(method)
+            return {t.name for t in arch.tensors() if recipe.plan_tensor(t, arch).quantized}
+        except NotImplementedError:
+            pass
+    grouped, _ = group_by_spec(stored, arch)
+    return {t.name for t in arch.tensors() if t.name in grouped and grouped[t.name] * 8 < 16 * t.numel}
+
+
+def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Path, reference_ppl: float,
+                      tasks: list[dict] | None = None) -> dict:
+    s = work.settings
+    speed = {"prompt_ids": work.prompt_ids, "new_tokens": s.new_tokens, "batch": s.batch, "repeats": s.repeats,
+             "warmup": s.warmup} if s.measure_speed else None
+    row = run_in_fresh_process({"kind": "evaluate", "artifact": str(artifact), "device": device, "windows": work.windows,
+                                "reference_path": str(reference), "speed": speed, "tasks": tasks})
+    meta = read_meta(artifact)
+    row["method"] = meta["method"]
+    if "weight_bytes" not in meta:
+        meta.update(storage_summary(artifact, work.source, meta["method"]))
+    for key in ("weight_bytes", "bits_per_weight", "bits_per_weight_quantized", "quantize_seconds", "quantize_peak_bytes"):
+        row[key] = meta.get(key)
+    row["delta_ppl"] = row["ppl"] - reference_ppl
+    row["status"] = "ok"
+    return row
+
+
+def resolve_methods(methods: list[str] | None) -> list[str]:
+    from quantbench.recipes import all_recipes, get_recipe
+
+    if not methods:
+        return list(DEFAULT_METHODS)
+    if methods == ["all"]:
+        return [r.name for r in all_recipes()]
+    for m in methods:
+        get_recipe(m)  # unknown names fail before any work starts
+    return methods
+
+
+def compare(model: str | None = None, methods: list[str] | None = None, text: str | None = None,
+            out_dir: Path = Path("quantbench-out"), device: str | None = None, settings: Settings = Settings(),
+            tasks_file: Path | None = None, memory_budget_bytes: int | None = None, trust_remote_code: bool = False,
+            progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """Quantize with every method, measure each in a fresh process, and return the comparison."""
+    from quantbench.recipes import get_recipe
+    from quantbench.runtimes.hf import resolve_device
+
+    device = resolve_device(device)
+    names = resolve_methods(methods)
+    progress(f"preparing model and text")
+    work = prepare(model, text, settings, trust_remote_code)
+    tasks = None
+    if tasks_file:
+        from quantbench.eval.tasks import load_tasks
+
+        tasks = load_tasks(Path(tasks_file), work.tokenizer)
+    progress("reference log-probabilities")
+    reference, reference_ppl = ensure_reference(work, device)
+    rows = []
+    for i, method in enumerate(names, 1):
+        recipe = get_recipe(method)
+        reason = recipe.unavailable_reason(device)
+        if reason:
+            progress(f"[{i}/{len(names)}] {method}: UNAVAILABLE on {device}: {reason}")
+            rows.append({"method": method, "runtime": recipe.runtime, "device": device, "status": f"unavailable: {reason}"})
+            continue
+        artifact = Path(out_dir) / "artifacts" / method
+        t0 = time.perf_counter()
+        try:
+            if not _artifact_matches(artifact, work, method, device):
+                progress(f"[{i}/{len(names)}] {method}: quantizing")
+                quantize_to(work, method, artifact, device)
+            progress(f"[{i}/{len(names)}] {method}: measuring")
+            row = evaluate_artifact(work, artifact, device, reference, reference_ppl, tasks)
+        except QuantbenchError as exc:
+            progress(f"[{i}/{len(names)}] {method}: FAILED: {exc}")
+            rows.append({"method": method, "runtime": recipe.runtime, "device": device, "status": f"failed: {exc}"})
+            continue
+        progress(f"[{i}/{len(names)}] {method}: done in {time.perf_counter() - t0:.0f}s "
+                 f"(ppl {row['ppl']:.3f}, kld {row['kld_mean']:.4f})")
+        rows.append(row)
+    result = {
+        "model": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint,
+                  "params": ArchSpec.from_config(work.source.config()).num_params()},
+        "text": {"name": work.text.name, "fingerprint": work.text.fingerprint},
+        "protocol": {"perplexity": settings.protocol.describe(), "reference_ppl": reference_ppl,
+                     "reference": str(reference), "calibration": {"fraction": settings.calibration_fraction,
+                     "samples": len(work.calibration), "length": settings.calibration_length},
+                     "speed": {"prompt_tokens": len(work.prompt_ids), "new_tokens": settings.new_tokens,
+                               "batch": settings.batch, "repeats": settings.repeats, "warmup": settings.warmup},
+                     "kld": "KL(P_ref || Q) per scored token, natural log"},
+        "rows": rows,
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    from quantbench.report.recommend import recommend
+
+    result["recommendation"] = recommend(rows, memory_budget_bytes)
+    return result
+
+
+def _artifact_matches(artifact: Path, work: Workload, method: str, device: str) -> bool:
+    """Resume: reuse an artifact written earlier for the same model, method and calibration."""
+    meta_path = artifact / META_FILE
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    calib = meta.get("calibration") or {}
+    return (meta.get("method") == method and meta.get("source", {}).get("fingerprint") == work.source.fingerprint
+            and meta.get("device") == device and calib.get("samples", len(work.calibration)) == len(work.calibration))
+
+
+def quantize(model: str | None, method: str, out: Path, text: str | None = None, device: str | None = None,
+             settings: Settings = Settings(), trust_remote_code: bool = False) -> dict:
+    from quantbench.runtimes.hf import resolve_device
+
+    device = resolve_device(device)
+    work = prepare(model, text, settings, trust_remote_code)
+    return quantize_to(work, method, Path(out), device)
+
+
+def evaluate(artifact: Path, reference_model: str | None = None, text: str | None = None, device: str | None = None,
+             settings: Settings = Settings(), tasks_file: Path | None = None) -> dict:
+    """Measure one artifact against the reference model it came from (or the one given)."""
+    from quantbench.runtimes.hf import resolve_device
+
+    device = resolve_device(device)
+    meta = read_meta(Path(artifact))
+    if reference_model is None and meta.get("source", {}).get("name"):
+        reference_model = meta["source"]["name"]
+    work = prepare(reference_model, text, settings)
+    tasks = None
+    if tasks_file:
+        from quantbench.eval.tasks import load_tasks
+
+        tasks = load_tasks(Path(tasks_file), work.tokenizer)
+    reference, reference_ppl = ensure_reference(work, device)
+    row = evaluate_artifact(work, Path(artifact), device, reference, reference_ppl, tasks)
+    row["reference_ppl"] = reference_ppl
+    row["protocol"] = settings.protocol.describe()
+    return row
+
+
+def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device: str | None = None) -> str:
+    """Greedy completion with any artifact (or the default model when artifact is None)."""
+    from transformers import AutoTokenizer
+
+    from quantbench.runtimes.hf import resolve_device
+    from quantbench.runtimes.open import open_artifact
+
+    device = resolve_device(device)
+    path = Path(artifact) if artifact else resolve_model(None).path
+    if path.is_file() and path.suffix == ".gguf":
+        runtime = open_artifact(path, device)
+        return runtime.generate_text(prompt, max_new_tokens)
+    tok_dir = path if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file() else None
+    if tok_dir is None:
+        meta = read_meta(path)
+        tok_dir = resolve_model(meta.get("source", {}).get("name")).path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    ids = tokenizer(prompt)["input_ids"]
+    runtime = open_artifact(path, device)
+    new = runtime.generate(ids, max_new_tokens)
+    return tokenizer.decode(new, skip_special_tokens=True)

@@ -1,0 +1,59 @@
+"""Quality of a quantized model's next-token distributions against the full-precision reference.
+
+Per scored token t: KLD_t = sum_v P_ref(v) * (log P_ref(v) - log Q(v)), the KL divergence of the
+candidate Q from the reference P_ref, as llama.cpp's `llama-perplexity --kl-divergence` reports it
+(llama.cpp PR 5076/6936); top-1 agreement = fraction of tokens where argmax Q == argmax P_ref.
+All arithmetic in float32 on log-softmaxed logits (float64 in the tests' oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def token_nll(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) per position; logprobs (tokens, vocab), targets (tokens,)."""
+    return -logprobs.gather(-1, targets[:, None].long())[:, 0]
+
+
+def token_kld(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(P_ref || Q) per position, both (tokens, vocab) log-probabilities."""
+    return (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1).clamp_min(0.0)
+
+
+@dataclass
+class QualityAccumulator:
+    """Streams windows in; summarizes PPL, KLD statistics and top-1 agreement at the end."""
+
+    nll_sum: float = 0.0
+    scored: int = 0
+    klds: list[torch.Tensor] = field(default_factory=list)
+    agree: int = 0
+
+    def add(self, logprobs: torch.Tensor, targets: torch.Tensor, ref_logprobs: torch.Tensor | None) -> None:
+        self.nll_sum += float(token_nll(logprobs, targets).double().sum())
+        self.scored += len(targets)
+        if ref_logprobs is not None:
+            self.klds.append(token_kld(ref_logprobs, logprobs))
+            self.agree += int((ref_logprobs.argmax(-1) == logprobs.argmax(-1)).sum())
+
+    def summary(self) -> dict:
+        import math
+
+        out = {"ppl": math.exp(self.nll_sum / self.scored), "scored_tokens": self.scored, "nll_mean": self.nll_sum / self.scored}
+        if self.klds:
+            k = torch.cat(self.klds).double()
+            out.update(
+                kld_mean=float(k.mean()),
+                kld_median=float(k.median()),
+                kld_p99=float(torch.quantile(k, 0.99)),
+                kld_max=float(k.max()),
+                top1_agreement=self.agree / self.scored,
+            )
+        return out

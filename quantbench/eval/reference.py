@@ -1,0 +1,60 @@
+"""ONE full-precision reference per (model, text, protocol), computed once and cached on disk.
+
+Every method and every runtime is compared with the very same log-probabilities: the cache file
+holds, for each window, the reference's log-softmax over the scored positions (float32), plus the
+token ids, so a llama.cpp run scores exactly the tokens the transformers run scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from quantbench.eval.divergence import log_softmax
+from quantbench.eval.perplexity import PerplexityProtocol, Window
+
+
+def reference_key(model_fingerprint: str, text_fingerprint: str, protocol: PerplexityProtocol, reference_dtype: str) -> str:
+    blob = json.dumps([model_fingerprint, text_fingerprint, protocol.describe(), reference_dtype], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def reference_path(cache_root: Path, key: str) -> Path:
+    return cache_root / "reference" / f"{key}.safetensors"
+
+
+def compute_reference(runtime, windows: list[Window], path: Path, meta: dict, progress=None) -> None:
+    """Run the reference runtime over every window and write the log-probs atomically."""
+    tensors = {}
+    for k, w in enumerate(windows):
+        logits = runtime.logits(w.input_ids)[w.first_scored :]
+        tensors[f"logprobs.{k}"] = log_softmax(logits).contiguous()
+        tensors[f"targets.{k}"] = torch.tensor(w.targets, dtype=torch.int64)
+        if progress:
+            progress(k + 1, len(windows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"quantbench": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+class Reference:
+    """Read access to a cached reference, one window at a time (it can be hundreds of MB)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = safe_open(str(path), "pt")
+        self.meta = json.loads(self._file.metadata()["quantbench"])
+        self.windows = sum(1 for k in self._file.keys() if k.startswith("logprobs."))
+
+    def logprobs(self, k: int) -> torch.Tensor:
+        return self._file.get_tensor(f"logprobs.{k}")
+
+    def targets(self, k: int) -> torch.Tensor:
+        return self._file.get_tensor(f"targets.{k}")

@@ -1,0 +1,58 @@
+"""Multiple-choice task accuracy by log-likelihood, from a user's JSONL file.
+
+Each line: {"context": "...", "choices": ["...", ...], "answer": <index>} ("question" is accepted for
+"context"). A choice's score is the sum of log p(choice tokens | context tokens), as in lm-eval's
+`multiple_choice` output type (acc); acc_norm divides by the choice's length in characters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from quantbench.errors import QuantbenchError
+
+
+def load_tasks(path: Path, tokenizer) -> list[dict]:
+    """Tokenize once in the parent so every runtime scores the very same ids."""
+    items = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise QuantbenchError(f"task file {path}: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            context = item.get("context", item.get("question"))
+            choices, answer = item["choices"], int(item["answer"])
+            if context is None or not 0 <= answer < len(choices):
+                raise ValueError("needs context/question, choices and a valid answer index")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QuantbenchError(f"{path}:{n}: bad task line ({exc}); expected {{\"context\", \"choices\", \"answer\"}}") from None
+        ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        choice_ids = [tokenizer(" " + c.lstrip(), add_special_tokens=False)["input_ids"] for c in choices]
+        items.append({"context_ids": ctx_ids, "choice_ids": choice_ids, "choice_chars": [len(c) for c in choices], "answer": answer})
+    if not items:
+        raise QuantbenchError(f"task file {path} has no items")
+    return items
+
+
+def choice_loglik(runtime, context_ids: list[int], choice_ids: list[int]) -> float:
+    ids = context_ids + choice_ids
+    logprobs = torch.log_softmax(runtime.logits(ids).double(), -1)
+    start = len(context_ids)
+    return float(sum(logprobs[start - 1 + i, t] for i, t in enumerate(choice_ids)))
+
+
+def task_accuracy(runtime, items: list[dict]) -> dict:
+    correct = correct_norm = 0
+    for item in items:
+        scores = [choice_loglik(runtime, item["context_ids"], c) for c in item["choice_ids"]]
+        normed = [s / n for s, n in zip(scores, item["choice_chars"])]
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
+        correct_norm += int(max(range(len(normed)), key=normed.__getitem__) == item["answer"])
+    return {"task_acc": correct / len(items), "task_acc_norm": correct_norm / len(items), "task_items": len(items)}

@@ -1,0 +1,102 @@
+"""The transformers/PyTorch runtime: any artifact `AutoModelForCausalLM.from_pretrained` can load."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from quantbench.errors import QuantbenchError
+from quantbench.runtimes.base import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' / None -> cuda when present, else cpu; a CUDA request without CUDA is a clear error."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QuantbenchError("--device cuda asked for, but this machine has no CUDA GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise QuantbenchError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
+    return device
+
+
+def best_half_dtype(device: str) -> torch.dtype:
+    """bf16 where the device computes it natively, else fp16 on CUDA and fp32 on CPU."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+class HFRuntime(Runtime):
+    name = "transformers"
+
+    def __init__(self, model, device: str):
+        self.model = model
+        self.device = describe_device(device)
+        self._torch_device = torch.device(device)
+        self.dtype = str(model.dtype).removeprefix("torch.")
+        self._past = None
+        self._next = None
+
+    @classmethod
+    def load(cls, path: Path, device: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> "HFRuntime":
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype or "auto", device_map=device, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise QuantbenchError(f"transformers could not load {path}: {exc}") from None
+        model.eval()
+        return cls(model, device)
+
+    def _ids(self, ids: Sequence[int], batch: int = 1) -> torch.Tensor:
+        return torch.tensor([list(ids)] * batch, dtype=torch.long, device=self._torch_device)
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.model(self._ids(ids), use_cache=False).logits[0].float().cpu()
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int], batch: int = 1) -> None:
+        out = self.model(self._ids(ids, batch), use_cache=True)
+        self._past = out.past_key_values
+        self._next = out.logits[:, -1:].argmax(-1)
+
+    @torch.inference_mode()
+    def decode(self, new_tokens: int) -> None:
+        for _ in range(new_tokens):
+            out = self.model(self._next, past_key_values=self._past, use_cache=True)
+            self._past = out.past_key_values
+            self._next = out.logits[:, -1:].argmax(-1)
+
+    @torch.inference_mode()
+    def generate(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        inputs = self._ids(ids)
+        out = self.model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, do_sample=False
+        )
+        return out[0, inputs.shape[1] :].tolist()
+
+    def synchronize(self) -> None:
+        if self._torch_device.type == "cuda":
+            torch.cuda.synchronize(self._torch_device)
+
+    def reported_footprint_bytes(self) -> int | None:
+        return int(self.model.get_memory_footprint())
+
+    def close(self) -> None:
+        self.model = self._past = self._next = None

