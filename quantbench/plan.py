@@ -423,7 +423,8 @@ def plan(
 
     recipes = all_recipes() if methods is None else [get_recipe(m) for m in methods]
     rows = []
-    no_plan = []
+    no_plan = []  # recipes whose plan_tensor is not written yet
+    unsupported = []  # recipes that refuse this model
     for recipe in recipes:
         reason = recipe.unavailable_reason(device)
         row = {
@@ -440,6 +441,12 @@ def plan(
             message = f"no plan yet: {exc}"
             log.warning("%s: %s", recipe.name, message)
             no_plan.append(recipe.name)
+            row.update(planned=False, no_plan_reason=message, weight_bytes=None, total_bytes=None, fits=None)
+            rows.append(row)
+            continue
+        except QuantbenchError as exc:  # the method cannot handle this model (e.g. an architecture it lacks)
+            message = f"not for this model: {exc}"
+            unsupported.append(recipe.name)
             row.update(planned=False, no_plan_reason=message, weight_bytes=None, total_bytes=None, fits=None)
             rows.append(row)
             continue
@@ -507,6 +514,7 @@ def plan(
         "device_memory_source": memory_source,
         "methods": rows,
         "no_plan": no_plan,
+        "unsupported": unsupported,
         "notes": list(model.notes)
         + [
             "weight_bytes: the artifact's stored tensor bytes, quantization state included; "
@@ -537,7 +545,7 @@ def format_table(result: dict) -> str:
     ]
     for r in result["methods"]:
         if not r.get("planned"):
-            lines.append(f"{r['method']:22} NO PLAN YET: {r['no_plan_reason']}")
+            lines.append(f"{r['method']:22} {r['no_plan_reason'].upper() if r['method'] in result['no_plan'] else r['no_plan_reason']}")
             continue
         bpw_q = f"{r['bits_per_weight_quantized']:.3f}" if r["bits_per_weight_quantized"] else "-"
         where = "host" if r["quantize_runs_on"] == "host" else "dev"
@@ -546,7 +554,7 @@ def format_table(result: dict) -> str:
             f"{format_bytes(r['kv_cache_bytes']):>10} {format_bytes(r['activation_bytes']):>9} "
             f"{format_bytes(r['total_bytes']):>10} {'yes' if r['fits'] else 'NO':>5}  "
             f"{format_bytes(r['quantize_peak_bytes']):>14} {where:>6}  {r['quantize_strategy']}"
-            + ("" if r["available"] else "  (not installed here)")
+            + ("" if r["available"] else f"  (not runnable here: {r['unavailable_reason']})")
         )
     if result["no_plan"]:
         lines += ["", f"WARNING: {len(result['no_plan'])} method(s) have no size plan yet: {', '.join(result['no_plan'])}"]
