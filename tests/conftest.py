@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random Llama with a tiny BPE tokenizer, and a text, all built here (hermetic)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def tiny_text() -> str:
+    """CPython's own pydoc topics: plain English prose available on every Python install."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def build_tiny_llama(folder: Path, hidden: int = 64, layers: int = 2, ffn: int = 128, vocab: int = 512, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([tiny_text()[:200_000]], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=2048, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "topics.txt"
+    path.write_text(tiny_text())
+    return path
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def run_cli(*args: str, env: dict | None = None):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "quantbench.cli.main", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)

@@ -1,0 +1,224 @@
+"""Core measurements against independent oracles: float64 perplexity and KLD, stored bytes, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from quantbench.eval.divergence import QualityAccumulator, log_softmax, token_kld
+from quantbench.eval.memory import safetensors_tensor_bytes, stored_tensor_bytes
+from quantbench.eval.perplexity import PerplexityProtocol, make_windows
+
+
+def test_kld_hand_computed_pair_and_self():
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+    q = torch.tensor([[0.25, 0.75], [0.9, 0.1]]).log()
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    kld = token_kld(p, q)
+    assert kld[0].item() == pytest.approx(expected, abs=1e-7)
+    assert kld[1].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_windows_cover_protocol():
+    ids = list(range(100))
+    w = make_windows(ids, PerplexityProtocol(window=10, max_windows=3))
+    assert [x.input_ids for x in w] == [list(range(0, 9)), list(range(10, 19)), list(range(20, 29))]
+    assert w[0].targets == list(range(1, 10))
+    half = make_windows(ids, PerplexityProtocol(window=10, max_windows=1, score_from=5))[0]
+    assert half.targets == [6, 7, 8, 9] and half.first_scored == 5
+    bos = make_windows(ids, PerplexityProtocol(window=10, max_windows=1, bos_token_id=7))[0]
+    assert bos.input_ids == [7] + list(range(9)) and bos.targets == list(range(10))
+
+
+def test_text_shorter_than_window_is_a_clear_error():
+    from quantbench.errors import QuantbenchError
+
+    with pytest.raises(QuantbenchError, match="fewer than one window"):
+        make_windows(list(range(10)), PerplexityProtocol(window=64))
+
+
+def test_perplexity_and_kld_equal_float64_direct_computation(tiny_model):
+    """Our streamed PPL/KLD vs a direct float64 loop over every scored token."""
+    from transformers import AutoModelForCausalLM
+
+    from quantbench.runtimes.hf import HFRuntime
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    runtime = HFRuntime(model, "cpu")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 512, (200,), generator=g).tolist()
+    windows = make_windows(ids, PerplexityProtocol(window=64, max_windows=3))
+    # A perturbed copy of the model as the "quantized" candidate.
+    other = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    candidate = HFRuntime(other, "cpu")
+
+    acc, self_acc = QualityAccumulator(), QualityAccumulator()
+    nll64, kld64, agree, n = 0.0, [], 0, 0
+    for w in windows:
+        ref = log_softmax(runtime.logits(w.input_ids)[w.first_scored :])
+        cand = log_softmax(candidate.logits(w.input_ids)[w.first_scored :])
+        targets = torch.tensor(w.targets)
+        acc.add(cand, targets, ref)
+        self_acc.add(ref, targets, ref)
+        with torch.no_grad():
+            r64 = torch.log_softmax(model(torch.tensor([w.input_ids])).logits[0].double(), -1)
+            c64 = torch.log_softmax(other(torch.tensor([w.input_ids])).logits[0].double(), -1)
+        for pos, tok in enumerate(w.targets):
+            nll64 -= c64[pos, tok].item()
+            kld64.append(sum((r64[pos].exp() * (r64[pos] - c64[pos])).tolist()))
+            agree += int(r64[pos].argmax() == c64[pos].argmax())
+            n += 1
+    got = acc.summary()
+    assert got["scored_tokens"] == n == 3 * 63
+    assert got["ppl"] == pytest.approx(math.exp(nll64 / n), rel=1e-5)
+    assert got["kld_mean"] == pytest.approx(sum(kld64) / n, rel=1e-3, abs=1e-7)
+    assert got["kld_mean"] > 1e-5  # the perturbation is visible
+    assert got["top1_agreement"] == pytest.approx(agree / n)
+    same = self_acc.summary()
+    assert same["kld_mean"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
+
+
+def test_counted_bytes_equal_bytes_on_disk(tiny_model):
+    shard = tiny_model / "model.safetensors"
+    counted = sum(safetensors_tensor_bytes(shard).values())
+    with open(shard, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    assert counted == shard.stat().st_size - 8 - header_len
+    from safetensors.torch import load_file
+
+    tensors = load_file(shard)
+    assert counted == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert stored_tensor_bytes(tiny_model) == safetensors_tensor_bytes(shard)
+
+
+def test_bnb_artifact_reloads_and_counts_quant_state(tiny_model, tiny_text_file, tmp_path, isolated_cache):
+    """quantize -> plain from_pretrained reloads; stored bytes include absmax and code tables."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "nf4"
+    res = run_cli("quantize", str(tiny_model), "--method", "bnb-nf4", "-o", str(out), "--text", str(tiny_text_file), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "bits/weight" in res.stdout
+    meta = json.loads((out / "quantbench.json").read_text())
+    stored = stored_tensor_bytes(out)
+    assert meta["weight_bytes"] == sum(stored.values())
+    assert any(k.endswith(".absmax") for k in stored) and any(k.endswith(".quant_map") for k in stored)
+    # 4-bit codes + one absmax per 64 + the 16-entry code table: between 4.0 and 5.0 bits per quantized weight.
+    assert 4.0 < meta["bits_per_weight_quantized"] < 5.0
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu")
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 33]])).logits
+    assert torch.isfinite(logits).all()
+    assert not list(tmp_path.glob(".nf4.tmp-*"))
+
+
+def test_compare_on_tiny_model_writes_contract(tiny_model, tiny_text_file, tmp_path, isolated_cache):
+    out = tmp_path / "cmp"
+    res = run_cli("compare", str(tiny_model), "--methods", "fp32,bf16,bnb-int8", "--text", str(tiny_text_file),
+                  "--out", str(out), "--window", "64", "--windows", "4", "--device", "cpu", "--prompt-tokens", "16",
+                  "--new-tokens", "4", "--repeats", "2", "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    for key in ("method", "runtime", "device", "bits_per_weight", "weight_bytes", "reported_footprint_bytes", "peak_memory_bytes",
+                "ppl", "kld_mean", "kld_p99", "top1_agreement", "prefill_tok_s", "decode_tok_s"):
+        assert rows["bnb-int8"][key] is not None, key
+    assert rows["fp32"]["kld_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["fp32"]["ppl"] == pytest.approx(result["protocol"]["reference_ppl"], rel=1e-6)
+    assert rows["fp32"]["bits_per_weight"] == pytest.approx(32.0)
+    assert rows["bf16"]["bits_per_weight"] == pytest.approx(16.0)
+    assert 0 < rows["bf16"]["kld_mean"] < rows["bnb-int8"]["kld_mean"] + 1.0
+    assert result["protocol"]["perplexity"]["window"] == 64
+    assert {"torch", "transformers"} <= set(result["versions"])
+    for name in ("compare.json", "compare.md", "compare.csv", "compare.png"):
+        assert (out / name).stat().st_size > 0
+    # A second run reuses the cached reference and the artifacts (resume).
+    ref_files = list((isolated_cache / "reference").glob("*.safetensors"))
+    assert len(ref_files) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["quantize", "/nonexistent/model", "--method", "bnb-nf4", "-o", "X"], "not found"),
+        (["compare", "--methods", "no-such-method"], "unknown method"),
+        (["eval", "/nonexistent/artifact"], "not found"),
+    ],
+)
+def test_bad_input_one_clear_message(args, message, tmp_path):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_corrupt_safetensors_and_unsupported_architecture(tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    shard = broken / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    res = run_cli("quantize", str(broken), "--method", "bnb-nf4", "-o", str(tmp_path / "o"))
+    assert res.returncode == 2 and "truncated safetensors" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+    alien = tmp_path / "alien"
+    shutil.copytree(tiny_model, alien)
+    cfg = json.loads((alien / "config.json").read_text())
+    cfg["model_type"] = "mamba"
+    (alien / "config.json").write_text(json.dumps(cfg))
+    res = run_cli("quantize", str(alien), "--method", "bnb-nf4", "-o", str(tmp_path / "o"))
+    assert res.returncode == 2 and "not supported" in res.stderr and "llama" in res.stderr
+
+
+def test_text_too_short_is_reported(tiny_model, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to score.")
+    res = run_cli("compare", str(tiny_model), "--methods", "fp32", "--text", str(short), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "fewer than one window" in res.stderr
+
+
+def test_task_accuracy_matches_direct_loglik(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantbench.eval.tasks import load_tasks, task_accuracy
+    from quantbench.runtimes.hf import HFRuntime
+
+    items = [{"context": "The capital of France is", "choices": ["Paris", "a banana split", "blue"], "answer": 0},
+             {"question": "Two plus two is", "choices": ["four", "seven"], "answer": 1}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(i) for i in items))
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    got = task_accuracy(HFRuntime(model, "cpu"), load_tasks(path, tok))
+    correct = 0
+    for item in items:
+        ctx = tok(item.get("context", item.get("question")), add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in item["choices"]:
+            c = tok(" " + choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ctx + c])).logits[0].double(), -1)
+            scores.append(sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(c)))
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
+    assert got["task_acc"] == correct / len(items) and got["task_items"] == 2
+
+
+def test_recommendation_rule():
+    from quantbench.report.recommend import recommend
+
+    rows = [{"method": "a", "status": "ok", "kld_mean": 0.001, "weight_bytes": 100, "peak_memory_bytes": 300},
+            {"method": "b", "status": "ok", "kld_mean": 0.03, "weight_bytes": 40, "peak_memory_bytes": 150},
+            {"method": "c", "status": "ok", "kld_mean": 0.3, "weight_bytes": 30, "peak_memory_bytes": 120}]
+    assert recommend(rows, None)["method"] == "b"
+    assert recommend(rows, 200)["method"] == "b"
+    assert recommend(rows, 125)["method"] == "c"
+    assert recommend(rows, 10)["method"] is None
