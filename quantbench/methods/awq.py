@@ -71,21 +71,35 @@ def clip_search(W: torch.Tensor, H: torch.Tensor, config: AWQConfig) -> torch.Te
     W = W.detach().float()
     rows, cols = W.shape
     best_W = W.clone()
-    for group_start in group_starts(cols, config.group_size):
-        group_end = min(group_start + config.group_size, cols)
-        Wg = W[:, group_start:group_end]  # (rows, g)
-        Hg = H[group_start:group_end, group_start:group_end].float()  # (g, g)
-        max_abs = Wg.abs().amax(dim=1, keepdim=True)  # (rows, 1)
-        best_loss = torch.full((rows,), math.inf, device=W.device)
-        for k in range(int(config.max_shrink * config.clip_grid)):
-            m = max_abs * (1 - k / config.clip_grid)
-            clipped = torch.clamp(Wg, -m, m)
-            dW = Wg - rtn_quantize(clipped, RTNConfig(config.bits, group_end - group_start, config.scale_dtype)).dequantize()
-            loss = ((dW @ Hg) * dW).sum(dim=1)  # (rows,)
-            better = loss < best_loss
-            best_loss = torch.where(better, loss, best_loss)
-            best_W[better, group_start:group_end] = clipped[better]
+    for group_start in range(0, cols, config.group_size * 16):  # 16 groups at a time bound scratch memory
+        group_end = min(group_start + config.group_size * 16, cols)
+        for start, width in _group_runs(group_start, group_end, config.group_size):
+            count = (group_end - start) // width if width == config.group_size else 1
+            Wg = W[:, start : start + width * count].reshape(rows, count, width)  # (rows, groups, g)
+            Hg = torch.stack([H[start + k * width : start + (k + 1) * width, start + k * width : start + (k + 1) * width] for k in range(count)]).float()  # (groups, g, g)
+            max_abs = Wg.abs().amax(dim=2, keepdim=True)  # (rows, groups, 1)
+            best_loss = torch.full((rows, count), math.inf, device=W.device)
+            best = Wg.clone()
+            for k in range(int(config.max_shrink * config.clip_grid)):
+                m = max_abs * (1 - k / config.clip_grid)
+                clipped = torch.clamp(Wg, -m, m)
+                q = rtn_quantize(clipped.reshape(rows, count * width), RTNConfig(config.bits, width, config.scale_dtype))
+                dW = Wg - q.dequantize().reshape(rows, count, width)
+                loss = torch.einsum("rgi,gij,rgj->rg", dW, Hg, dW)  # (rows, groups)
+                better = loss < best_loss
+                best_loss = torch.where(better, loss, best_loss)
+                best = torch.where(better[:, :, None], clipped, best)
+            best_W[:, start : start + width * count] = best.reshape(rows, count * width)
     return best_W
+
+
+def _group_runs(start: int, end: int, group_size: int):
+    """(first column, width) of the runs of whole groups and of a shorter last group in [start, end)."""
+    whole = (end - start) // group_size * group_size
+    if whole:
+        yield start, group_size
+    if end - start - whole:
+        yield start + whole, end - start - whole
 
 
 @torch.no_grad()

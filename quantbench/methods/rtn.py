@@ -120,15 +120,21 @@ def rtn_quantize(W: torch.Tensor, config: RTNConfig) -> QuantizedLinear:
     """Round every group of W (rows, cols) to its own min-max grid."""
     W = W.detach().to(torch.float64 if W.dtype == torch.float64 else torch.float32)
     rows, cols = W.shape
-    groups = -(-cols // config.group_size)
-    codes = torch.empty(rows, cols, dtype=torch.uint8, device=W.device)
-    scales = torch.empty(rows, groups, dtype=SCALE_DTYPES[config.scale_dtype], device=W.device)
-    zeros = torch.empty(rows, groups, dtype=torch.uint8, device=W.device)
-    for group, group_start in enumerate(group_starts(cols, config.group_size)):
-        group_end = min(group_start + config.group_size, cols)
-        Wg = W[:, group_start:group_end]  # (rows, group_size)
+    group_size = config.group_size
+    full = cols // group_size  # whole groups, done at once; a shorter last group after them
+    codes, scales, zeros = [], [], []
+    for start, width, count in ((0, group_size, full), (full * group_size, cols - full * group_size, 1)):
+        if width == 0 or count == 0:
+            continue
+        Wg = W[:, start : start + width * count].reshape(rows * count, width)  # one group per row
         scale, zero = minmax_grid(Wg, config.bits, config.scale_dtype)
-        codes[:, group_start:group_end] = quantize_to_grid(Wg, scale, zero, config.bits).to(torch.uint8)
-        scales[:, group] = scale.to(scales.dtype)
-        zeros[:, group] = zero.to(torch.uint8)
-    return QuantizedLinear(codes, scales, zeros, config.bits, config.group_size)
+        codes.append(quantize_to_grid(Wg, scale, zero, config.bits).reshape(rows, width * count))
+        scales.append(scale.reshape(rows, count))
+        zeros.append(zero.reshape(rows, count))
+    return QuantizedLinear(
+        codes=torch.cat(codes, dim=1).to(torch.uint8),
+        scales=torch.cat(scales, dim=1).to(SCALE_DTYPES[config.scale_dtype]),
+        zeros=torch.cat(zeros, dim=1).to(torch.uint8),
+        bits=config.bits,
+        group_size=group_size,
+    )
