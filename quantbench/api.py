@@ -192,7 +192,12 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
     progress("reference log-probabilities")
     reference, reference_ppl = ensure_reference(work, device)
     rows = []
+    started = time.perf_counter()
     for i, method in enumerate(names, 1):
+        if i > 1:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (i - 1) * (len(names) - i + 1)
+            progress(f"{i - 1}/{len(names)} methods done, {elapsed / 60:.1f} min elapsed, about {eta / 60:.1f} min left")
         recipe = get_recipe(method)
         reason = recipe.unavailable_reason(device)
         if reason:
@@ -286,8 +291,8 @@ def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device
     device = resolve_device(device)
     path = Path(artifact) if artifact else resolve_model(None).path
     if path.is_file() and path.suffix == ".gguf":
-        runtime = open_artifact(path, device)
-        return runtime.generate_text(prompt, max_new_tokens)
+        runtime = open_artifact(path, device)  # llama.cpp tokenizes with the GGUF's own vocabulary
+        return runtime.detokenize(runtime.generate(runtime.tokenize(prompt), max_new_tokens))
     tok_dir = path if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file() else None
     if tok_dir is None:
         meta = read_meta(path)

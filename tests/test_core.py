@@ -222,3 +222,25 @@ def test_recommendation_rule():
     assert recommend(rows, 200)["method"] == "b"
     assert recommend(rows, 125)["method"] == "c"
     assert recommend(rows, 10)["method"] is None
+
+
+def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
+    from quantbench.errors import QuantbenchError
+    from quantbench.sources.model import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(QuantbenchError, match="could not fetch 'someorg/somemodel'.*local folder"):
+        resolve_model("someorg/somemodel")
+
+
+def test_pickle_only_folder_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    from quantbench.errors import QuantbenchError
+    from quantbench.sources.model import resolve_model
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(QuantbenchError, match="pickle"):
+        resolve_model(str(folder))

@@ -13,7 +13,7 @@ def open_artifact(artifact: Path, device: str) -> Runtime:
     if meta["method"] == "gguf-file":
         from quantbench.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime.load(artifact, device)
+        return LlamaCppRuntime(artifact)  # llama.cpp runs on the CPU here; its device string says so
     if meta["method"] == "hf":
         from quantbench.runtimes.hf import HFRuntime
 
