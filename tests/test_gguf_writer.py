@@ -40,13 +40,33 @@ def default_tokenizer_dir(root: Path) -> Path:
     return out
 
 
-def build_tiny_llama(root: Path, tokenizer_dir: Path, tied: bool = False, layers: int = 8, seed: int = 0) -> Path:
-    """A random-weight Llama whose row widths (256, 512) are multiples of 256, so K-quants apply."""
+def small_tokenizer_dir(root: Path) -> Path:
+    """A byte-level BPE of about 360 tokens trained here on a few sentences (~1 s): small embeddings keep
+    llama.cpp quantization fast. Its pre-tokenizer is unknown to llama.cpp, so it is written as "default"."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    text = [
+        "The quick brown fox jumps over the lazy dog. ",
+        "Quantization stores weights in fewer bits; llama.cpp reads GGUF files.",
+        "Numbers 12345 and symbols !? are tokens too.",
+    ] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=400, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    out = root / "small-tokenizer"
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_llama(root: Path, tokenizer_dir: Path, tied: bool = False, layers: int = 8, seed: int = 0, vocab_size: int = 49152) -> Path:
+    """A random-weight Llama whose row widths (256, 512) are multiples of 256, so K-quants apply.
+    `vocab_size` may exceed the tokenizer's: the GGUF pads the token list, as llama.cpp's converter does."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=49152,
+        vocab_size=vocab_size,
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=layers,
@@ -63,7 +83,7 @@ def build_tiny_llama(root: Path, tokenizer_dir: Path, tied: bool = False, layers
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
-    out = root / ("tiny-llama-tied" if tied else "tiny-llama")
+    out = root / f"tiny-llama-v{vocab_size}{'-tied' if tied else ''}"
     model.save_pretrained(out)
     for f in tokenizer_dir.iterdir():
         (out / f.name).write_bytes(f.read_bytes())

@@ -37,6 +37,10 @@ _log_callback = None  # the ctypes callback must outlive every call into llama.c
 recent_log: collections.deque[str] = collections.deque(maxlen=40)
 
 
+_KV_CACHE_TYPES = {"F32": 0, "F16": 1, "BF16": 30, "Q8_0": 8}  # ggml_type ids (ggml.h)
+_FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.h enum llama_flash_attn_type
+
+
 def import_llama_cpp():
     """The llama_cpp module, or a QuantbenchError saying how to install it."""
     try:
@@ -78,7 +82,18 @@ class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
     dtype = "gguf"
 
-    def __init__(self, path: Path | str, n_threads: int | None = None, n_batch: int = 512):
+    def __init__(
+        self,
+        path: Path | str,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        kv_cache_type: str = "F16",
+        flash_attention: str = "auto",
+    ):
+        """Defaults are llama.cpp's own (F16 KV cache, flash attention chosen automatically: on for CPU),
+        i.e. what users of llama-cli / llama-server run. `kv_cache_type="F32", flash_attention="off"`
+        removes llama.cpp's half-precision attention (its CPU flash attention rounds Q to F16), for
+        exactness checks against an fp32 reference."""
         self._llama = import_llama_cpp()
         path = Path(path)
         if not path.is_file():
@@ -90,6 +105,12 @@ class LlamaCppRuntime(Runtime):
         self.path = path
         self.n_threads = n_threads or cpu_threads()
         self.n_batch = n_batch
+        if kv_cache_type not in _KV_CACHE_TYPES:
+            raise QuantbenchError(f"KV cache type '{kv_cache_type}' is not one of {', '.join(_KV_CACHE_TYPES)}")
+        self.kv_cache_type = kv_cache_type
+        if flash_attention not in _FLASH_ATTENTION:
+            raise QuantbenchError(f"flash_attention must be one of {', '.join(_FLASH_ATTENTION)}, not '{flash_attention}'")
+        self.flash_attention = flash_attention
         self.device = f"cpu (llama.cpp, {self.n_threads} threads)"
         lc = self._llama
         lc.llama_backend_init()
@@ -136,6 +157,8 @@ class LlamaCppRuntime(Runtime):
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.no_perf = True
+        cparams.type_k = cparams.type_v = _KV_CACHE_TYPES[self.kv_cache_type]
+        cparams.flash_attn_type = _FLASH_ATTENTION[self.flash_attention]
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise QuantbenchError(
