@@ -247,3 +247,39 @@ def test_f16_default_model_matches_transformers_fp32(tmp_path):
     assert kl_divergence(ref, logits).mean().item() < 1e-4
     assert (logits.argmax(-1) == ref.argmax(-1)).float().mean().item() >= 0.99
     assert greedy == greedy_ref
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_other_supported_architectures_match_transformers(env, model_type):
+    """Mistral runs as llama.cpp arch "llama" (q/k permuted); Qwen2 as "qwen2" (NeoX rotary: no permutation,
+    q/k/v biases). F32 weights, F32 cache, no flash attention: only summation order differs."""
+    import transformers
+
+    config_class = {"mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}[model_type]
+    model_class = {"mistral": transformers.MistralForCausalLM, "qwen2": transformers.Qwen2ForCausalLM}[model_type]
+    torch.manual_seed(3)
+    config = config_class(
+        vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=model_type == "qwen2",
+    )
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)  # nonzero biases, so a bias stored wrongly shows
+    out = env["root"] / model_type
+    model.save_pretrained(out)
+    for f in (env["model"]).iterdir():
+        if f.name.startswith("tokenizer"):
+            (out / f.name).write_bytes(f.read_bytes())
+    ids = env["ids"]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0]
+    path = write_gguf(out, env["root"] / f"{model_type}.gguf", "F32").path
+    assert gguf.GGUFReader(str(path)).fields["general.architecture"].contents() == ("qwen2" if model_type == "qwen2" else "llama")
+    rt = LlamaCppRuntime(path, kv_cache_type="F32", flash_attention="off")
+    try:
+        logits = rt.logits(ids)
+    finally:
+        rt.close()
+    assert (logits - ref).abs().max().item() < 1e-5 * max(1.0, ref.abs().max().item())
