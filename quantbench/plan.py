@@ -189,6 +189,7 @@ class QuantizeStrategy:
     name: str
     runs_on: str  # "device" (the user's device) or "host" (CPU RAM, whatever the device)
     description: str
+    work_bytes: int | None = None  # bytes per value the quantizer works in; None: the model's compute dtype
 
 
 QUANTIZE_STRATEGIES = {
@@ -209,19 +210,32 @@ QUANTIZE_STRATEGIES = {
             "then each tensor is converted to fp32 and quantized",
         ),
         QuantizeStrategy(
+            "streaming", "host",
+            "one tensor at a time is read from the source shards, converted and written (quantbench's GGUF writer)",
+            work_bytes=4,
+        ),
+        QuantizeStrategy(
+            "fp32-model-per-tensor", "device",
+            "the model is loaded in fp32 in host memory; each linear goes to the device alone (round-to-nearest)",
+            work_bytes=4,
+        ),
+        QuantizeStrategy(
             "layer-by-layer", "device",
-            "the model stays in host memory; one decoder layer at a time goes to the device with its "
-            "Hessians and the calibration activations",
+            "the model stays in host memory in fp32; one decoder layer at a time goes to the device with its "
+            "Hessians and the calibration activations (methods/sequential.py)",
+            work_bytes=4,
         ),
     )
 }
+# By family, or by (family, needs_calibration) where a family holds both kinds. A recipe's own
+# `quantize_strategy` attribute wins over both.
 QUANTIZE_STRATEGY_BY_FAMILY = {
     "float": "load-convert",
     "bitsandbytes": "quantize-on-load",
     "gguf": "whole-model",
-    "gptq": "layer-by-layer",
+    ("gptq", True): "layer-by-layer",
+    ("gptq", False): "fp32-model-per-tensor",
     "awq": "layer-by-layer",
-    "rtn": "layer-by-layer",
 }
 _FALLBACK_STRATEGY = "whole-model"
 
@@ -231,7 +245,11 @@ _INPUT_OF_KIND = {"q": "attention input", "kv": "attention input", "o": "attenti
 
 
 def strategy_for(recipe) -> tuple[QuantizeStrategy, str | None]:
-    name = getattr(recipe, "quantize_strategy", "") or QUANTIZE_STRATEGY_BY_FAMILY.get(recipe.family, "")
+    name = (
+        getattr(recipe, "quantize_strategy", "")
+        or QUANTIZE_STRATEGY_BY_FAMILY.get((recipe.family, bool(recipe.needs_calibration)))
+        or QUANTIZE_STRATEGY_BY_FAMILY.get(recipe.family, "")
+    )
     note = None
     if not name:
         name = _FALLBACK_STRATEGY
@@ -245,7 +263,6 @@ def quantize_peak(
     strategy: QuantizeStrategy,
     arch: ArchSpec,
     stored: dict[str, int],
-    resident: dict[str, int],
     source_bytes: int,
     compute_bytes: int,
     device: str,
@@ -253,6 +270,7 @@ def quantize_peak(
     calibration_length: int,
 ) -> dict:
     """Peak memory while quantizing, as named components; `peak_bytes` is on the device it runs on."""
+    work = strategy.work_bytes or compute_bytes
     tensors = arch.tensors()
     largest = max(t.numel for t in tensors)
     largest_linear = max((t for t in tensors if t.role == LINEAR), key=lambda t: t.numel)
@@ -263,7 +281,7 @@ def quantize_peak(
         host_parts["converted model"] = weight_bytes
         host_parts["one source tensor being converted"] = largest * source_bytes
     elif strategy.name == "quantize-on-load":
-        device_parts["quantized model, as resident"] = sum(resident.values())
+        device_parts["quantized model"] = weight_bytes  # the stored layout; CPU repacking waits for a forward
         device_parts["one tensor in the load dtype before quantizing"] = largest * compute_bytes
         device_parts["quantizer's working copy of it"] = largest_linear.numel * compute_bytes
         if device != "cpu":
@@ -272,9 +290,17 @@ def quantize_peak(
         host_parts["whole source model"] = arch.num_params() * source_bytes
         host_parts["fp32 copy of the largest tensor"] = largest * 4
         host_parts["its quantized output"] = max(stored.values())
+    elif strategy.name == "streaming":
+        host_parts["one source tensor in fp32"] = largest * work
+        host_parts["its stored form"] = max(stored.values())
+    elif strategy.name == "fp32-model-per-tensor":
+        device_parts["one linear in fp32"] = largest_linear.numel * work
+        device_parts["its quantized form"] = stored[largest_linear.name]
+        host_parts["source model in fp32"] = arch.num_params() * work
+        host_parts["quantized output"] = weight_bytes
     elif strategy.name == "layer-by-layer":
         layer0 = [t for t in tensors if t.layer == 0]
-        device_parts["one decoder layer in the compute dtype"] = sum(t.numel for t in layer0) * compute_bytes
+        device_parts["one decoder layer in the working dtype"] = sum(t.numel for t in layer0) * work
         hessian_cols = {}
         for _, _, kind in LAYER_LINEARS:
             cols = arch._linear_shape(kind)[1]
@@ -283,9 +309,9 @@ def quantize_peak(
         rows, cols = largest_linear.shape
         device_parts["fp32 W, Q and Err of the largest linear, and its H^-1"] = 3 * rows * cols * 4 + cols * cols * 4
         device_parts["calibration activations (layer inputs and outputs)"] = (
-            2 * calibration_samples * calibration_length * arch.hidden_size * compute_bytes
+            2 * calibration_samples * calibration_length * arch.hidden_size * work
         )
-        host_parts["source model in the compute dtype"] = arch.num_params() * compute_bytes
+        host_parts["source model in the working dtype"] = arch.num_params() * work
         host_parts["quantized output"] = weight_bytes
     else:
         raise QuantbenchError(f"no peak formula for strategy '{strategy.name}'")
@@ -425,14 +451,17 @@ def plan(
     rows = []
     no_plan = []  # recipes whose plan_tensor is not written yet
     unsupported = []  # recipes that refuse this model
+    import torch
+
+    checkable = device == "cpu" or torch.cuda.is_available()  # a GPU that is not here cannot be asked
     for recipe in recipes:
-        reason = recipe.unavailable_reason(device)
+        reason = recipe.unavailable_reason(device) if checkable else None
         row = {
             "method": recipe.name,
             "family": recipe.family,
             "runtime": recipe.runtime,
             "description": recipe.description,
-            "available": reason is None,
+            "available": (reason is None) if checkable else None,
             "unavailable_reason": reason,
         }
         try:
@@ -459,7 +488,7 @@ def plan(
         strategy, strategy_note = strategy_for(recipe)
         samples = getattr(recipe, "calibration_samples", calibration_samples)
         length = getattr(recipe, "calibration_length", calibration_length)
-        peak = quantize_peak(strategy, arch, mp.stored, mp.resident, source_bytes, compute_bytes, device, samples, length)
+        peak = quantize_peak(strategy, arch, mp.stored, source_bytes, compute_bytes, device, samples, length)
         row.update(
             planned=True,
             weight_bytes=weight_bytes,
@@ -516,6 +545,7 @@ def plan(
         "no_plan": no_plan,
         "unsupported": unsupported,
         "notes": list(model.notes)
+        + ([] if checkable else ["this machine has no GPU: whether each method runs on one was not checked (available: null)"])
         + [
             "weight_bytes: the artifact's stored tensor bytes, quantization state included; "
             "total_bytes = weights as resident on the device + KV cache + activation estimate",
@@ -541,7 +571,7 @@ def format_table(result: dict) -> str:
         f"memory {format_bytes(result['device_memory_bytes'])} ({result['device_memory_source']})",
         "",
         f"{'method':22} {'weights':>10} {'bpw':>6} {'bpw(q)':>6} {'KV cache':>10} {'activ.':>9} {'total':>10} {'fits':>5}"
-        f"  {'quantize peak':>14} {'where':>6}  strategy",
+        f"  {'quantize peak':>13} {'where':>5} {'host peak':>10}  strategy",
     ]
     for r in result["methods"]:
         if not r.get("planned"):
@@ -553,8 +583,9 @@ def format_table(result: dict) -> str:
             f"{r['method']:22} {format_bytes(r['weight_bytes']):>10} {r['bits_per_weight']:6.3f} {bpw_q:>6} "
             f"{format_bytes(r['kv_cache_bytes']):>10} {format_bytes(r['activation_bytes']):>9} "
             f"{format_bytes(r['total_bytes']):>10} {'yes' if r['fits'] else 'NO':>5}  "
-            f"{format_bytes(r['quantize_peak_bytes']):>14} {where:>6}  {r['quantize_strategy']}"
-            + ("" if r["available"] else f"  (not runnable here: {r['unavailable_reason']})")
+            f"{format_bytes(r['quantize_peak_bytes']):>13} {where:>5} {format_bytes(r['quantize_host_peak_bytes']):>10}  "
+            f"{r['quantize_strategy']}"
+            + ("" if r["available"] in (True, None) else f"  (not runnable here: {r['unavailable_reason']})")
         )
     if result["no_plan"]:
         lines += ["", f"WARNING: {len(result['no_plan'])} method(s) have no size plan yet: {', '.join(result['no_plan'])}"]
