@@ -390,7 +390,10 @@ def _plan_tensors(recipe, arch: ArchSpec, tensors: list[TensorSpec], device: str
     for t in tensors:
         p = recipe.plan_tensor(t, arch, **stored_kwargs)
         out.stored[t.name] = p.stored_bytes
-        out.resident[t.name] = recipe.plan_tensor(t, arch, **resident_kwargs).stored_bytes if "resident" in resident_kwargs else p.stored_bytes
+        if "resident" in resident_kwargs:
+            out.resident[t.name] = recipe.plan_tensor(t, arch, **resident_kwargs).stored_bytes
+        else:  # the recipe's layout in memory is its stored layout
+            out.resident[t.name] = p.stored_bytes
         entry = out.storage.setdefault(p.storage, [0, 0])
         entry[0] += 1
         entry[1] += p.stored_bytes
@@ -430,6 +433,8 @@ def plan(
 ) -> dict:
     """Exact bytes of every method for `model_spec` on `device` ("cuda" or "cpu"; default: cuda when
     present). The layout is the one that device produces (see BnbRecipe.plan_tensor)."""
+    import torch
+
     from quantbench.recipes import all_recipes, get_recipe
 
     if context < 1 or batch < 1:
@@ -451,8 +456,6 @@ def plan(
     rows = []
     no_plan = []  # recipes whose plan_tensor is not written yet
     unsupported = []  # recipes that refuse this model
-    import torch
-
     checkable = device == "cpu" or torch.cuda.is_available()  # a GPU that is not here cannot be asked
     for recipe in recipes:
         reason = recipe.unavailable_reason(device) if checkable else None
