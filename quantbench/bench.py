@@ -167,7 +167,7 @@ def build_random_model(config: dict, device: str, dtype: torch.dtype, seed: int)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _float_method(model, recipe, arch: ArchSpec, device: str):
