@@ -366,6 +366,9 @@ class _SafetensorsFolder:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._where[name].get_slice(name).get_shape())
+
     def get(self, name: str) -> np.ndarray:
         import torch
 
@@ -415,7 +418,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
                 f"{model_dir}: tensor '{hf_name}' has no GGUF name for architecture {arch_name}; "
                 "this checkpoint is not a plain Llama-family model"
             )
-        shape = tuple(weights._where[hf_name].get_slice(hf_name).get_shape())
+        shape = weights.shape(hf_name)
         rotary_heads = None
         if permute and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
             rotary_heads = n_head
