@@ -244,3 +244,17 @@ def test_pickle_only_folder_is_refused(tiny_model, tmp_path):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(QuantbenchError, match="pickle"):
         resolve_model(str(folder))
+
+
+def test_bnb_guard_refuses_cpu_repacked_absmax(tmp_path):
+    from safetensors.torch import save_file
+
+    from quantbench.errors import QuantbenchError
+    from quantbench.recipes.bnb import check_saved_absmax
+
+    good = {"l.weight": torch.zeros(32, 1, dtype=torch.uint8), "l.weight.absmax": torch.ones(1), "l.weight.nested_absmax": torch.ones(1)}
+    save_file(good, str(tmp_path / "model.safetensors"))
+    check_saved_absmax(tmp_path)
+    save_file({**good, "l.weight.absmax": torch.ones(1, 1, dtype=torch.bfloat16)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(QuantbenchError, match="CPU-repacked"):
+        check_saved_absmax(tmp_path)

@@ -74,6 +74,7 @@ class BnbRecipe(Recipe):
             quantization_config=self.quantization_config(compute_dtype),
         )
         model.save_pretrained(job.out_dir)
+        check_saved_absmax(job.out_dir)
         AutoTokenizer.from_pretrained(job.source.path).save_pretrained(job.out_dir)
         return {"compute_dtype": str(compute_dtype).removeprefix("torch."), "settings": self.settings.__dict__}
 
@@ -148,6 +149,30 @@ def _cpu_repacks_4bit() -> bool:
     except ImportError:
         return False
     return bool(has_avx512bf16())
+
+def check_saved_absmax(folder: Path) -> None:
+    """Refuse a 4-bit artifact whose absmax was saved in bitsandbytes' CPU-repacked layout.
+
+    bitsandbytes 0.50.2 repacks a 4-bit layer for its CPU kernel on the first forward (absmax becomes
+    bf16, shape (cols/64, rows)) and save_pretrained does not undo it for nf4/fp4: the file then
+    reloads with wrong scales. quantize never runs a forward before saving, so this guards a regression.
+    """
+    import json
+    import struct
+
+    from quantbench.errors import QuantbenchError
+
+    for shard in folder.glob("*.safetensors"):
+        with open(shard, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, info in header.items():
+            if name.endswith(".absmax") and not name.endswith("nested_absmax") and info["dtype"] not in ("F32", "U8"):
+                raise QuantbenchError(
+                    f"bitsandbytes saved {name} as {info['dtype']} (its CPU-repacked layout), which reloads with wrong "
+                    "scales; quantize in a fresh process without running the model first"
+                )
+
 
 register(BnbRecipe("bnb-int8", BnbSettings(8, int8_threshold=6.0), "LLM.int8: int8 rows, fp16 outlier columns above 6.0"))
 register(BnbRecipe("bnb-int8-nodecomp", BnbSettings(8, int8_threshold=0.0), "int8 absmax, no outlier decomposition"))
