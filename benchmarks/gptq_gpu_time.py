@@ -70,7 +70,8 @@ def main() -> None:
         hidden = [torch.randn(min(args.batch, samples - s), length, config.hidden_size, dtype=dtype) * 0.02 for s in range(0, samples, args.batch)]
         position_ids = torch.arange(length)[None, :]
         cos, sin = LlamaRotaryEmbedding(config)(hidden[0], position_ids)
-    inputs = sequential.LayerInputs(hidden, {"position_embeddings": (cos, sin), "position_ids": position_ids, "attention_mask": None, "use_cache": False})
+    layer_kwargs = {"position_embeddings": (cos, sin), "position_ids": position_ids, "attention_mask": None, "use_cache": False}
+    inputs = sequential.LayerInputs(hidden, [layer_kwargs] * len(hidden))
     activation_bytes = sum(h.numel() * h.element_size() for h in hidden)
 
     def build_layers():

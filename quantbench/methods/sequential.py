@@ -49,7 +49,7 @@ _OFFSET_NORM_MODELS = ("gemma", "gemma2", "gemma3_text")
 @dataclass
 class LayerInputs:
     hidden: list[torch.Tensor]  # chunks of (batch, length, hidden) on the device
-    kwargs: dict  # what the model passes every decoder layer besides the hidden states
+    kwargs: list[dict]  # per chunk: what the model passes every decoder layer besides the hidden states
 
 
 @dataclass
@@ -83,12 +83,12 @@ def capture_layer0_inputs(model, samples: list[list[int]], device: str, batch_si
     moved = [m for m in (inner.embed_tokens, getattr(inner, "rotary_emb", None)) if m is not None]
     for m in moved:
         m.to(device)
-    hidden, kwargs = [], {}
+    hidden, kwargs = [], []
 
     def catch(module, args, kw):
         hidden.append(args[0] if args else kw.pop("hidden_states"))
-        if not kwargs:
-            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        drop = ("hidden_states", "past_key_values", "past_key_value")  # no KV cache while calibrating
+        kwargs.append({**{k: v for k, v in kw.items() if k not in drop}, "use_cache": False})
         raise _Stop
 
     handle = decoder_layers(model)[0].register_forward_pre_hook(catch, with_kwargs=True)
@@ -103,9 +103,6 @@ def capture_layer0_inputs(model, samples: list[list[int]], device: str, batch_si
         handle.remove()
         for m in moved:
             m.to("cpu")
-    kwargs["use_cache"] = False
-    kwargs.pop("past_key_values", None)
-    kwargs.pop("past_key_value", None)
     return LayerInputs(hidden, kwargs)
 
 
@@ -115,7 +112,7 @@ def _layer_output(out):
 
 @torch.no_grad()
 def run_layer(layer, inputs: LayerInputs) -> LayerInputs:
-    return LayerInputs([_layer_output(layer(h, **inputs.kwargs)) for h in inputs.hidden], inputs.kwargs)
+    return LayerInputs([_layer_output(layer(h, **kw)) for h, kw in zip(inputs.hidden, inputs.kwargs)], inputs.kwargs)
 
 
 @dataclass
@@ -154,9 +151,9 @@ def observe_inputs(layer, inputs: LayerInputs, module_names: Iterable[str], stop
     for name in names:
         handles.append(layer.get_submodule(name).register_forward_pre_hook(make_hook(name)))
     try:
-        for h in inputs.hidden:
+        for h, kw in zip(inputs.hidden, inputs.kwargs):
             try:
-                layer(h, **inputs.kwargs)
+                layer(h, **kw)
             except _Stop:
                 pass
     finally:
