@@ -21,7 +21,7 @@ from quantbench.worker import run_in_fresh_process
 log = logging.getLogger(__name__)
 
 # The default compare: every family this machine runs, within about 5 minutes on 2 CPU cores.
-DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4")
+DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "gguf-q8_0", "gguf-q4_k_m", "gptq-w4g128")
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,8 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
                      "reference": str(reference), "calibration": {"fraction": settings.calibration_fraction,
                      "samples": len(work.calibration), "length": settings.calibration_length},
                      "speed": {"prompt_tokens": len(work.prompt_ids), "new_tokens": settings.new_tokens,
-                               "batch": settings.batch, "repeats": settings.repeats, "warmup": settings.warmup},
+                               "batch": settings.batch, "repeats": settings.repeats, "warmup": settings.warmup,
+                               "measured": settings.measure_speed},
                      "kld": "KL(P_ref || Q) per scored token, natural log"},
         "rows": rows,
         "versions": versions(),

@@ -14,6 +14,7 @@ COLUMNS = (
     ("method", "method", str),
     ("runtime", "runtime", str),
     ("bits/w", "bits_per_weight", lambda v: f"{v:.2f}"),
+    ("q bits/w", "bits_per_weight_quantized", lambda v: f"{v:.2f}"),
     ("size MB", "weight_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("footprint MB*", "reported_footprint_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.0f}"),
@@ -35,6 +36,11 @@ def _cells(row: dict) -> list[str]:
     return out
 
 
+def _peak_kind(result: dict) -> str:
+    kinds = sorted({r["peak_memory_kind"] for r in result["rows"] if r.get("peak_memory_kind")})
+    return ", ".join(kinds) or "n/a"
+
+
 def _notes(result: dict) -> list[str]:
     p = result["protocol"]
     ppl = p["perplexity"]
@@ -44,9 +50,12 @@ def _notes(result: dict) -> list[str]:
         f"PPL protocol: {ppl['name']}, window {ppl['window']}, stride {ppl['stride']}, {ppl['max_windows']} windows, "
         f"scored from position {ppl['score_from']}, BOS {'added' if ppl['bos_token_id'] is not None else 'not added'}; "
         f"reference PPL {p['reference_ppl']:.3f}",
-        f"KLD: {p['kld']}; speed: batch {p['speed']['batch']}, prompt {p['speed']['prompt_tokens']}, "
-        f"{p['speed']['new_tokens']} new tokens, median of {p['speed']['repeats']} after {p['speed']['warmup']} warm-up",
-        "* footprint = what transformers' get_memory_footprint() reports; size = true stored bytes incl. quant state",
+        f"KLD: {p['kld']}; " + (f"speed: batch {p['speed']['batch']}, prompt {p['speed']['prompt_tokens']}, "
+        f"{p['speed']['new_tokens']} new tokens, median of {p['speed']['repeats']} after {p['speed']['warmup']} warm-up"
+        if p["speed"].get("measured", True) else "speed not measured (--no-speed)"),
+        "bits/w = all stored bits / all parameters; q bits/w = over the tensors the method quantizes, state included",
+        "* footprint = what the runtime itself reports (transformers' get_memory_footprint(), llama.cpp's model size); "
+        "size = true stored bytes incl. quant state; peak = " + _peak_kind(result),
     ]
     for r in result["rows"]:
         if r.get("status") != "ok":
