@@ -21,7 +21,8 @@ from quantbench.worker import run_in_fresh_process
 log = logging.getLogger(__name__)
 
 # The default compare: every family this machine runs, within about 5 minutes on 2 CPU cores.
-DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "gguf-q8_0", "gguf-q4_k_m", "gptq-w4g128")
+# GPTQ and AWQ calibrate layer by layer (about 3 minutes each here), so they are one flag away: --methods.
+DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "gguf-q8_0", "gguf-q4_k_m", "rtn-w4g128")
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def job_evaluate(job: dict) -> dict:
         row.update(measure_speed(runtime, speed["prompt_ids"], speed["new_tokens"], speed["batch"], speed["repeats"], speed["warmup"]))
     on_gpu = runtime.device.startswith("cuda")  # llama.cpp runs on the CPU even when a GPU is there
     row["peak_memory_bytes"] = _peak_device_bytes(runtime.device)
-    row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if on_gpu else "process peak RSS (ru_maxrss) incl. Python and torch"
+    row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if on_gpu else "process peak RSS (VmHWM) incl. Python and torch"
     row["process_baseline_rss_bytes"] = baseline_rss
 
     reference = Reference(Path(job["reference_path"]))

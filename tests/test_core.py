@@ -258,3 +258,20 @@ def test_bnb_guard_refuses_cpu_repacked_absmax(tmp_path):
     save_file({**good, "l.weight.absmax": torch.ones(1, 1, dtype=torch.bfloat16)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(QuantbenchError, match="CPU-repacked"):
         check_saved_absmax(tmp_path)
+
+
+def test_peak_rss_is_this_process_not_the_parent(tmp_path):
+    """A child that allocates little reports far less than a parent that allocated a lot."""
+    import subprocess
+    import sys
+
+    from quantbench.eval.memory import peak_rss_bytes
+
+    ballast = bytearray(600 * 1024 * 1024)  # parent peak >= 600 MB
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    parent_peak = peak_rss_bytes()
+    code = "from quantbench.eval.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del ballast
+    assert parent_peak > 600e6
+    assert child_peak < parent_peak - 400e6

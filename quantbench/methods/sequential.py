@@ -270,10 +270,22 @@ def quantize_layers(
         torch.cuda.synchronize(device)
         result.peak_device_bytes = torch.cuda.max_memory_allocated(device)
     result.seconds = time.perf_counter() - start
-    result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.peak_rss_bytes = _peak_rss_bytes()
     return result
 
 
 def check_awq_supported(model_type: str) -> None:
     if model_type in _OFFSET_NORM_MODELS:
         raise QuantbenchError(f"AWQ here folds scales into Llama-style RMSNorm weights; '{model_type}' norms scale by (1 + w). Use GPTQ or RTN for this model.")
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM of this process (ru_maxrss survives fork+exec and would report the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
