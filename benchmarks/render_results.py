@@ -14,8 +14,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 SECTIONS = [
-    ("cpu-default/compare.json", "`quantbench compare` with no arguments, on this project's 2-core CPU machine",
-     "`bash scripts/setup.sh && quantbench compare` (then copy quantbench-out/compare.{json,png} here)."),
+    ("cpu-full/compare.json", "`quantbench compare`, 18 methods, default model and text, on this project's 2-core CPU machine",
+     "`quantbench compare --methods <the 18 in the table>` (the default 8-method set takes 2.4 minutes)."),
     ("h200-2026-11-27/compare.json", "`quantbench compare` on CUDA: floats and bitsandbytes, default model",
      "`benchmarks/gpu_compare.sh` on the lent GPU after `benchmarks/device_setup.sh`."),
     ("h200-2026-11-27/gptq-compare.json", "`quantbench compare` on CUDA: RTN, GPTQ, AWQ, default model (same reference)",

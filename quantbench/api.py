@@ -20,7 +20,7 @@ from quantbench.worker import run_in_fresh_process
 
 log = logging.getLogger(__name__)
 
-# The default compare: every family this machine runs, within about 5 minutes on 2 CPU cores.
+# The default compare: bitsandbytes, GGUF and RTN beside the floats, under 3 minutes on 2 CPU cores.
 # GPTQ and AWQ calibrate layer by layer (about 3 minutes each here), so they are one flag away: --methods.
 DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "gguf-q8_0", "gguf-q4_k_m", "rtn-w4g128")
 
@@ -60,6 +60,12 @@ def prepare(model: str | None, text: str | None, settings: Settings, trust_remot
     source = resolve_model(model, trust_remote_code)
     corpus = load_text(text)
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    if settings.protocol.bos_token_id == -1:
+        if tokenizer.bos_token_id is None:
+            raise QuantbenchError("--add-bos: this tokenizer has no BOS token; drop the flag")
+        settings = replace(settings, protocol=replace(settings.protocol, bos_token_id=tokenizer.bos_token_id))
+    if settings.repeats < 1 or settings.new_tokens < 1 or settings.batch < 1:
+        raise QuantbenchError("--repeats, --new-tokens and --batch must be at least 1")
     ids = tokenizer(corpus.content, add_special_tokens=False)["input_ids"]
     splits = split_tokens(ids, settings.calibration_fraction)
     windows = make_windows(splits.evaluation, settings.protocol)
@@ -74,7 +80,8 @@ def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
     """The one shared reference for (model, text, protocol): compute once, reuse from the cache."""
     from quantbench.eval.reference import Reference, reference_key, reference_path
 
-    key = reference_key(work.source.fingerprint, work.text.fingerprint, work.settings.protocol, "model-dtype")
+    # The reference runs in the checkpoint's own dtype ("auto"); bump the tag when the cache layout changes.
+    key = reference_key(work.source.fingerprint, work.text.fingerprint, work.settings.protocol, "auto-dtype/v1")
     path = reference_path(cache_dir(), key)
     if not path.is_file():
         log.info("computing the full-precision reference once (%d windows)", len(work.windows))
@@ -111,7 +118,8 @@ def quantize_to(work: Workload, method: str, out: Path, device: str, options: di
                                        "out_dir": str(tmp), "device": device, "calibration": calib, "options": options})
         meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
                 "source": {"name": work.source.name, "fingerprint": work.source.fingerprint},
-                "calibration": {"text": work.text.name, "samples": len(calib), "length": work.settings.calibration_length} if calib else None,
+                "calibration": {"text": work.text.name, "text_fingerprint": work.text.fingerprint, "samples": len(calib),
+                                "length": work.settings.calibration_length} if calib else None,
                 "versions": versions(), **result}
         meta.update(storage_summary(tmp, work.source, method))
         write_json_atomic(tmp / META_FILE, meta)
@@ -183,7 +191,7 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
 
     device = resolve_device(device)
     names = resolve_methods(methods)
-    progress(f"preparing model and text")
+    progress("preparing model and text")
     work = prepare(model, text, settings, trust_remote_code)
     tasks = None
     if tasks_file:
@@ -247,9 +255,12 @@ def _artifact_matches(artifact: Path, work: Workload, method: str, device: str) 
     if not meta_path.is_file():
         return False
     meta = json.loads(meta_path.read_text())
-    calib = meta.get("calibration") or {}
+    calib = meta.get("calibration")
+    same_calibration = calib is None or (calib.get("text_fingerprint") == work.text.fingerprint
+                                         and calib.get("samples") == len(work.calibration)
+                                         and calib.get("length") == work.settings.calibration_length)
     return (meta.get("method") == method and meta.get("source", {}).get("fingerprint") == work.source.fingerprint
-            and meta.get("device") == device and calib.get("samples", len(work.calibration)) == len(work.calibration))
+            and meta.get("device") == device and same_calibration)
 
 
 def quantize(model: str | None, method: str, out: Path, text: str | None = None, device: str | None = None,
@@ -268,7 +279,9 @@ def evaluate(artifact: Path, reference_model: str | None = None, text: str | Non
 
     device = resolve_device(device)
     meta = read_meta(Path(artifact))
-    if reference_model is None and meta.get("source", {}).get("name"):
+    if reference_model is None:
+        if not meta.get("source", {}).get("name"):
+            raise QuantbenchError(f"{artifact} does not say which model it came from; pass --reference MODEL")
         reference_model = meta["source"]["name"]
     work = prepare(reference_model, text, settings)
     tasks = None

@@ -25,7 +25,13 @@ def run_in_fresh_process(job: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="quantbench-job-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job, default=str))
-        proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)], stderr=subprocess.PIPE, text=True)
+        timeout = float(os.environ.get("QUANTBENCH_JOB_TIMEOUT", 4 * 3600))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)],
+                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise QuantbenchError(f"{job['kind']} job ran over {timeout:.0f} s and was stopped "
+                                  "(raise QUANTBENCH_JOB_TIMEOUT if the model is that large)") from None
         if result_path.is_file():
             result = json.loads(result_path.read_text())
             if "error" in result:

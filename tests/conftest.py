@@ -61,3 +61,16 @@ def run_cli(*args: str, env: dict | None = None):
 
     return subprocess.run([sys.executable, "-m", "quantbench.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """Every test session gets its own quantbench cache (converted default model, references, imatrix),
+    so no result depends on what an earlier run left in ~/.cache."""
+    old = os.environ.get("QUANTBENCH_CACHE")
+    os.environ["QUANTBENCH_CACHE"] = str(tmp_path_factory.mktemp("quantbench-cache"))
+    yield
+    if old is None:
+        os.environ.pop("QUANTBENCH_CACHE", None)
+    else:
+        os.environ["QUANTBENCH_CACHE"] = old

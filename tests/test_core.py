@@ -140,9 +140,14 @@ def test_compare_on_tiny_model_writes_contract(tiny_model, tiny_text_file, tmp_p
     assert {"torch", "transformers"} <= set(result["versions"])
     for name in ("compare.json", "compare.md", "compare.csv", "compare.png"):
         assert (out / name).stat().st_size > 0
-    # A second run reuses the cached reference and the artifacts (resume).
     ref_files = list((isolated_cache / "reference").glob("*.safetensors"))
     assert len(ref_files) == 1
+    # A second run resumes: same reference, artifacts reused (nothing quantized again).
+    again = run_cli("compare", str(tiny_model), "--methods", "fp32,bnb-int8", "--text", str(tiny_text_file), "--out", str(out),
+                    "--window", "64", "--windows", "4", "--device", "cpu", "--no-speed")
+    assert again.returncode == 0, again.stderr
+    assert "measuring" in again.stderr and "quantizing" not in again.stderr
+    assert list((isolated_cache / "reference").glob("*.safetensors")) == ref_files
 
 
 @pytest.mark.parametrize(
@@ -275,3 +280,24 @@ def test_peak_rss_is_this_process_not_the_parent(tmp_path):
     del ballast
     assert parent_peak > 600e6
     assert child_peak < parent_peak - 400e6
+
+
+def test_generate_is_greedy_and_matches_transformers(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantbench import api
+
+    text = api.generate(str(tiny_model), "The meaning of", max_new_tokens=8, device="cpu")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids = tok("The meaning of", return_tensors="pt")["input_ids"]
+    seq = ids[0].tolist()
+    for _ in range(8):  # naive greedy: full forward, argmax, append (no cache)
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+        seq.append(nxt)
+        if nxt == tok.eos_token_id:
+            break
+    assert text == tok.decode(seq[ids.shape[1]:], skip_special_tokens=True)
+    res = run_cli("generate", str(tiny_model), "The meaning of", "--max-new-tokens", "8", "--device", "cpu")
+    assert res.returncode == 0 and res.stdout.strip() == text.strip()

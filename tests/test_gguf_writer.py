@@ -25,7 +25,7 @@ from quantbench.formats.gguf_writer import (
     writer_storage_type,
 )
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 
 def default_tokenizer_dir(root: Path) -> Path:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-compressed_tensors = pytest.importorskip("compressed_tensors")
+import compressed_tensors
 
 from quantbench.arch import LINEAR, ArchSpec  # noqa: E402
 from quantbench.errors import QuantbenchError  # noqa: E402

@@ -66,7 +66,6 @@ def test_rtn_artifact_of_default_model_reloads_with_matching_logits(default_mode
     from quantbench.recipes import get_recipe
     from quantbench.recipes.base import QuantizeJob
 
-    pytest.importorskip("compressed_tensors")
     source, splits = default_model
     recipe = get_recipe("rtn-w4g128")
     job = QuantizeJob(source=source, out_dir=tmp_path / "rtn", device="cpu")

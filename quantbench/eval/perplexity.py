@@ -27,6 +27,8 @@ class PerplexityProtocol:
             raise QuantbenchError("perplexity window must be at least 2 tokens")
         if not 0 <= self.score_from < self.window - 1:
             raise QuantbenchError("score_from must be in [0, window-1)")
+        if self.bos_token_id is not None and self.bos_token_id < -1:
+            raise QuantbenchError("bos_token_id must be a token id")
         if self.max_windows < 1:
             raise QuantbenchError("need at least one window")
 

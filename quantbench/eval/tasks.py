@@ -34,6 +34,8 @@ def load_tasks(path: Path, tokenizer) -> list[dict]:
         except (ValueError, KeyError, TypeError) as exc:
             raise QuantbenchError(f"{path}:{n}: bad task line ({exc}); expected {{\"context\", \"choices\", \"answer\"}}") from None
         ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        if not ctx_ids:
+            raise QuantbenchError(f"{path}:{n}: empty context; each item needs a context to condition on")
         choice_ids = [tokenizer(" " + c.lstrip(), add_special_tokens=False)["input_ids"] for c in choices]
         items.append({"context_ids": ctx_ids, "choice_ids": choice_ids, "choice_chars": [len(c) for c in choices], "answer": answer})
     if not items:

@@ -84,11 +84,7 @@ def _load_families() -> None:
     from quantbench.recipes import FAMILY_MODULES
 
     for module in FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a dependency of an existing family is missing: that is a bug
-                raise
+        importlib.import_module(module)
 
 
 def all_recipes() -> list[Recipe]:
