@@ -117,7 +117,7 @@ def quantize_to(work: Workload, method: str, out: Path, device: str, options: di
                                        "model_name": work.source.name, "model_fingerprint": work.source.fingerprint,
                                        "out_dir": str(tmp), "device": device, "calibration": calib, "options": options})
         meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
-                "source": {"name": work.source.name, "fingerprint": work.source.fingerprint},
+                "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},
                 "calibration": {"text": work.text.name, "text_fingerprint": work.text.fingerprint, "samples": len(calib),
                                 "length": work.settings.calibration_length} if calib else None,
                 "versions": versions(), **result}
@@ -282,7 +282,9 @@ def evaluate(artifact: Path, reference_model: str | None = None, text: str | Non
     if reference_model is None:
         if not meta.get("source", {}).get("name"):
             raise QuantbenchError(f"{artifact} does not say which model it came from; pass --reference MODEL")
-        reference_model = meta["source"]["name"]
+        # The resolved local folder, when it is still there, beats the name typed in another directory.
+        path = meta["source"].get("path")
+        reference_model = path if path and Path(path).is_dir() else meta["source"]["name"]
     work = prepare(reference_model, text, settings)
     tasks = None
     if tasks_file:
@@ -301,7 +303,7 @@ def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device
     from transformers import AutoTokenizer
 
     from quantbench.runtimes.hf import resolve_device
-    from quantbench.runtimes.open import open_artifact
+    from quantbench.recipes.open import open_artifact
 
     device = resolve_device(device)
     path = Path(artifact) if artifact else resolve_model(None).path

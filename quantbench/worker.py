@@ -88,7 +88,7 @@ def job_evaluate(job: dict) -> dict:
     from quantbench.eval.memory import current_rss_bytes
     from quantbench.eval.reference import Reference
     from quantbench.eval.speed import measure_speed
-    from quantbench.runtimes.open import open_artifact
+    from quantbench.recipes.open import open_artifact
 
     device = job["device"]
     baseline_rss = current_rss_bytes()
