@@ -282,9 +282,12 @@ def evaluate(artifact: Path, reference_model: str | None = None, text: str | Non
     if reference_model is None:
         if not meta.get("source", {}).get("name"):
             raise QuantbenchError(f"{artifact} does not say which model it came from; pass --reference MODEL")
-        # The resolved local folder, when it is still there, beats the name typed in another directory.
-        path = meta["source"].get("path")
-        reference_model = path if path and Path(path).is_dir() else meta["source"]["name"]
+        # The name as typed (it keys the cached reference), unless it was a relative path that no longer
+        # resolves from here: then the resolved folder recorded at quantize time.
+        name, path = meta["source"]["name"], meta["source"].get("path")
+        from quantbench.sources.model import DEFAULT_MODEL
+
+        reference_model = name if name == DEFAULT_MODEL or Path(name).exists() or not (path and Path(path).is_dir()) else path
     work = prepare(reference_model, text, settings)
     tasks = None
     if tasks_file:
