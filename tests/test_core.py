@@ -301,3 +301,11 @@ def test_generate_is_greedy_and_matches_transformers(tiny_model, tmp_path):
     assert text == tok.decode(seq[ids.shape[1]:], skip_special_tokens=True)
     res = run_cli("generate", str(tiny_model), "The meaning of", "--max-new-tokens", "8", "--device", "cpu")
     assert res.returncode == 0 and res.stdout.strip() == text.strip()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, tmp_path):
+    out = tmp_path / "never"
+    res = run_cli("quantize", str(tiny_model), "--method", "bnb-nf4", "-o", str(out), "--dry-run", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert "bnb-nf4" in res.stdout and "dry run" in res.stdout
+    assert not out.exists()

@@ -71,8 +71,24 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def _dry_run(args, methods: list[str] | None) -> int:
+    """Print what would be written (exact bytes, bits/weight, memory to quantize) and stop."""
+    from quantbench import api
+    from quantbench.plan import format_table, plan
+
+    names = api.resolve_methods(methods)
+    device = None if args.device == "auto" else args.device
+    print(format_table(plan(args.model, methods=names, device=device, calibration_samples=args.calibration_samples,
+                            calibration_length=args.calibration_length)))
+    print("dry run: nothing quantized or measured")
+    return 0
+
+
 def cmd_quantize(args) -> int:
     from quantbench import api
+
+    if args.dry_run:
+        return _dry_run(args, [args.method])
 
     meta = api.quantize(args.model, args.method, Path(args.output), text=args.text, device=args.device, settings=_settings(args))
     bpw_q = meta.get("bits_per_weight_quantized")
@@ -104,6 +120,8 @@ def cmd_compare(args) -> int:
     from quantbench.report.tables import text_table, write_all
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    if args.dry_run:
+        return _dry_run(args, methods)
     result = api.compare(args.model, methods, text=args.text, out_dir=Path(args.out), device=args.device,
                          settings=_settings(args), tasks_file=args.tasks, memory_budget_bytes=args.memory_budget,
                          progress=_progress)
@@ -134,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a name from `quantbench methods`")
     p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     _add_measure_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan (bytes, bits/weight, memory) and stop")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("eval", help="measure one artifact against the full-precision reference")
@@ -150,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the JSON result here")
     p.add_argument("--memory-budget", type=parse_bytes, help="recommend the best method whose peak memory fits, e.g. 1GB")
     _add_measure_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan (bytes, bits/weight, memory) and stop")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("generate", help="greedy completion with any artifact")
