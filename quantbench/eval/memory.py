@@ -8,12 +8,11 @@ g_idx) is counted wherever the format keeps it.
 from __future__ import annotations
 
 import json
-import resource
 import struct
-import sys
 from pathlib import Path
 
 from quantbench.arch import ArchSpec
+from quantbench.process import peak_rss_bytes  # noqa: F401  (re-exported for the worker)
 
 
 def safetensors_tensor_bytes(path: Path) -> dict[str, int]:
@@ -83,23 +82,6 @@ def bits_per_weight(stored: dict[str, int], arch: ArchSpec, quantized_names: set
         "bits_per_weight_quantized": 8 * q_bytes / q_numel if q_numel else None,
         "unassigned_bytes": unassigned,
     }
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process.
-
-    Linux: VmHWM from /proc/self/status, which belongs to this program's address space. getrusage's
-    ru_maxrss is NOT used there: it survives fork+exec, so a worker would inherit its parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def current_rss_bytes() -> int:

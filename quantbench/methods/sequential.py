@@ -15,7 +15,6 @@ current layer). The model itself stays in host memory.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -25,6 +24,7 @@ import torch
 from quantbench.errors import QuantbenchError
 from quantbench.methods.awq import AWQConfig, clip_search, fold_scale_into_parent, scale_search
 from quantbench.methods.gptq import GPTQConfig, HessianAccumulator, gptq_quantize, output_error
+from quantbench.process import peak_rss_bytes
 from quantbench.methods.rtn import QuantizedLinear, RTNConfig, rtn_quantize
 
 log = logging.getLogger(__name__)
@@ -270,22 +270,10 @@ def quantize_layers(
         torch.cuda.synchronize(device)
         result.peak_device_bytes = torch.cuda.max_memory_allocated(device)
     result.seconds = time.perf_counter() - start
-    result.peak_rss_bytes = _peak_rss_bytes()
+    result.peak_rss_bytes = peak_rss_bytes()
     return result
 
 
 def check_awq_supported(model_type: str) -> None:
     if model_type in _OFFSET_NORM_MODELS:
         raise QuantbenchError(f"AWQ here folds scales into Llama-style RMSNorm weights; '{model_type}' norms scale by (1 + w). Use GPTQ or RTN for this model.")
-
-
-def _peak_rss_bytes() -> int:
-    """VmHWM of this process (ru_maxrss survives fork+exec and would report the parent's peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
