@@ -150,6 +150,7 @@ def resident_bytes(model) -> int:
                 add(state.state2.code)
                 add(state.offset)
         add(getattr(weight, "SCB", None))
+        add(getattr(getattr(module, "state", None), "SCB", None))  # int8: moved here at the first forward
         add(getattr(getattr(module, "state", None), "SCB", None))  # int8 moves SCB here at the first forward
     return sum(seen.values())
 

@@ -19,6 +19,7 @@ import torch
 
 from conftest import build_tiny_llama
 from quantbench.arch import ArchSpec
+from quantbench.bench import resident_bytes
 from quantbench.errors import QuantbenchError
 from quantbench.plan import plan
 from quantbench.recipes import all_recipes, get_recipe
@@ -122,32 +123,6 @@ def test_which_methods_were_checked():
 # Memory as resident on a CPU (bitsandbytes repacks 4-bit layers at the first forward)
 
 
-def _resident_bytes(model) -> int:
-    """Unique tensor storage held by the model: parameters, buffers and bitsandbytes' quant states."""
-    seen: dict[int, int] = {}
-
-    def add(t):
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.nbytes)
-
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            add(p)
-        for b in module.buffers(recurse=False):
-            add(b)
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is not None:
-            add(state.absmax)
-            add(state.code)
-            if state.nested:
-                add(state.state2.absmax)
-                add(state.state2.code)
-                add(state.offset)
-        add(getattr(getattr(module, "weight", None), "SCB", None))
-        add(getattr(getattr(module, "state", None), "SCB", None))  # int8: moved here at the first forward
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("method", ["bnb-nf4", "bnb-nf4-dq", "bnb-int8"])
 def test_resident_bytes_on_cpu_after_a_forward(method, tiny_source, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -157,7 +132,7 @@ def test_resident_bytes_on_cpu_after_a_forward(method, tiny_source, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
     with torch.inference_mode():
         model(torch.tensor([[1, 5, 9, 17]]))
-    measured = _resident_bytes(model)
+    measured = resident_bytes(model)
     row = plan(str(tiny_source.path), device="cpu", device_memory_bytes=10**12, methods=[method])["methods"][0]
     # The 16-entry code table is one shared tensor in memory but planned per layer: 64 B x 14 linears.
     assert abs(row["resident_weight_bytes"] - measured) <= 64 * 14 + 8, (row["resident_weight_bytes"], measured)
