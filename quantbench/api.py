@@ -187,7 +187,7 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
             progress: Callable[[str], None] = lambda msg: None) -> dict:
     """Quantize with every method, measure each in a fresh process, and return the comparison."""
     from quantbench.recipes import get_recipe
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
 
     device = resolve_device(device)
     names = resolve_methods(methods)
@@ -265,7 +265,7 @@ def _artifact_matches(artifact: Path, work: Workload, method: str, device: str) 
 
 def quantize(model: str | None, method: str, out: Path, text: str | None = None, device: str | None = None,
              settings: Settings = Settings(), trust_remote_code: bool = False) -> dict:
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
 
     device = resolve_device(device)
     work = prepare(model, text, settings, trust_remote_code)
@@ -275,7 +275,7 @@ def quantize(model: str | None, method: str, out: Path, text: str | None = None,
 def evaluate(artifact: Path, reference_model: str | None = None, text: str | None = None, device: str | None = None,
              settings: Settings = Settings(), tasks_file: Path | None = None) -> dict:
     """Measure one artifact against the reference model it came from (or the one given)."""
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
 
     device = resolve_device(device)
     meta = read_meta(Path(artifact))
@@ -305,7 +305,7 @@ def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device
     """Greedy completion with any artifact (or the default model when artifact is None)."""
     from transformers import AutoTokenizer
 
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
     from quantbench.recipes.open import open_artifact
 
     device = resolve_device(device)

@@ -1,4 +1,4 @@
-"""Artifacts: what quantize writes, and how to find the recipe that opens one.
+"""Artifacts: what quantize writes, the metadata beside it, and writing files without half-written states.
 
 A quantbench artifact is a folder: the format's own files (HF safetensors + config, or model.gguf)
 plus quantbench.json saying which method wrote it, from what, with which options and versions.
@@ -17,7 +17,6 @@ from pathlib import Path
 from quantbench.errors import QuantbenchError
 
 META_FILE = "quantbench.json"
-FORMAT_VERSION = 1
 
 
 def read_meta(artifact: Path) -> dict:
@@ -48,11 +47,28 @@ def atomic_dir(final: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(final: Path):
+    """Yield a temporary sibling path to write; on success it replaces `final` (one rename on the same
+    filesystem, so readers see the old file or the new one, never half of it), on failure it is removed.
+    The temporary name keeps the suffix, for writers that pick the format from it (savefig, np.savez)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def versions() -> dict:

@@ -215,7 +215,7 @@ METHOD_BUILDERS = {"float": _float_method, "bitsandbytes": _bnb_method}
 
 
 def _load_dtype(recipe, device: str) -> torch.dtype:
-    from quantbench.runtimes.hf import best_half_dtype
+    from quantbench.device import best_half_dtype
 
     dtype = getattr(recipe, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else best_half_dtype(device)
@@ -241,7 +241,8 @@ def run_bench(model_spec: str, settings: BenchSettings = BenchSettings(), progre
     from quantbench.eval.speed import measure_speed
     from quantbench.plan import load_model_config, plan
     from quantbench.recipes import get_recipe
-    from quantbench.runtimes.hf import HFRuntime, describe_device, resolve_device
+    from quantbench.device import describe_device, resolve_device
+    from quantbench.runtimes.hf import HFRuntime
 
     device = resolve_device(settings.device)
     recipes = [get_recipe(m) for m in settings.methods]

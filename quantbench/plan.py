@@ -415,7 +415,7 @@ def _compute_bytes(recipe, device: str) -> int:
     if recipe.runtime == "llama.cpp":
         return 2  # llama.cpp's default cache type is F16
     if device == "cpu":
-        from quantbench.runtimes.hf import best_half_dtype
+        from quantbench.device import best_half_dtype
 
         return torch.tensor([], dtype=best_half_dtype("cpu")).element_size()
     return 2

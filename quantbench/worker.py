@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from quantbench.artifact import write_json_atomic
 from quantbench.errors import QuantbenchError
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,6 @@ def run_in_fresh_process(job: dict) -> dict:
         raise QuantbenchError(f"{job['kind']} job failed (exit {proc.returncode}):\n{tail}")
 
 
-def _peak_device_bytes(device: str) -> int:
-    import torch
-
-    from quantbench.eval.memory import peak_rss_bytes
-
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated())
-    return peak_rss_bytes()
-
-
 def job_reference(job: dict) -> dict:
     from quantbench.eval.perplexity import Window
     from quantbench.eval.reference import compute_reference
@@ -65,8 +56,7 @@ def job_reference(job: dict) -> dict:
 
 
 def job_quantize(job: dict) -> dict:
-    import torch
-
+    from quantbench.device import peak_bytes, reset_peak
     from quantbench.recipes import get_recipe
     from quantbench.recipes.base import QuantizeJob
     from quantbench.sources.model import ModelSource
@@ -74,26 +64,22 @@ def job_quantize(job: dict) -> dict:
     recipe = get_recipe(job["method"])
     source = ModelSource(Path(job["model_path"]), job["model_name"], job["model_fingerprint"])
     calibration = job.get("calibration") or []
-    if job["device"].startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(job["device"])
     t0 = time.perf_counter()
     meta = recipe.quantize(QuantizeJob(source, Path(job["out_dir"]), job["device"], lambda: calibration, job.get("options", {})))
-    return {"metadata": meta, "quantize_seconds": time.perf_counter() - t0, "quantize_peak_bytes": _peak_device_bytes(job["device"])}
+    return {"metadata": meta, "quantize_seconds": time.perf_counter() - t0, "quantize_peak_bytes": peak_bytes(job["device"])}
 
 
 def job_evaluate(job: dict) -> dict:
-    import torch
-
+    from quantbench.device import current_rss_bytes, peak_bytes, peak_kind, reset_peak
     from quantbench.eval.divergence import QualityAccumulator, log_softmax
-    from quantbench.eval.memory import current_rss_bytes
     from quantbench.eval.reference import Reference
     from quantbench.eval.speed import measure_speed
     from quantbench.recipes.open import open_artifact
 
     device = job["device"]
     baseline_rss = current_rss_bytes()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(device)
     t0 = time.perf_counter()
     runtime = open_artifact(Path(job["artifact"]), device)
     load_seconds = time.perf_counter() - t0
@@ -106,9 +92,9 @@ def job_evaluate(job: dict) -> dict:
     speed = job.get("speed")
     if speed:
         row.update(measure_speed(runtime, speed["prompt_ids"], speed["new_tokens"], speed["batch"], speed["repeats"], speed["warmup"]))
-    on_gpu = runtime.device.startswith("cuda")  # llama.cpp runs on the CPU even when a GPU is there
-    row["peak_memory_bytes"] = _peak_device_bytes(runtime.device)
-    row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if on_gpu else "process peak RSS (VmHWM) incl. Python and torch"
+    measured_on = runtime.device.split()[0]  # "cuda:0 (NVIDIA H200)" -> "cuda:0"; llama.cpp runs on the CPU
+    row["peak_memory_bytes"] = peak_bytes(measured_on)
+    row["peak_memory_kind"] = peak_kind(measured_on)
     row["process_baseline_rss_bytes"] = baseline_rss
 
     reference = Reference(Path(job["reference_path"]))
@@ -124,7 +110,7 @@ def job_evaluate(job: dict) -> dict:
 
         row.update(task_accuracy(runtime, job["tasks"]))
 
-    row["eval_peak_memory_bytes"] = _peak_device_bytes(runtime.device)
+    row["eval_peak_memory_bytes"] = peak_bytes(measured_on)
     runtime.close()
     return row
 
@@ -142,9 +128,7 @@ def main() -> None:
         result = {"error": str(exc)}
     except Exception as exc:  # report the cause to the parent; it adds context for the user
         result = {"error": f"{job['kind']} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, result_path)
+    write_json_atomic(result_path, result)
 
 
 if __name__ == "__main__":

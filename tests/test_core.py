@@ -11,7 +11,8 @@ import torch
 
 from conftest import run_cli
 from quantbench.eval.divergence import QualityAccumulator, log_softmax, token_kld
-from quantbench.eval.memory import safetensors_tensor_bytes, stored_tensor_bytes
+from quantbench.eval.memory import stored_tensor_bytes
+from quantbench.formats.safetensors import tensor_bytes as safetensors_tensor_bytes
 from quantbench.eval.perplexity import PerplexityProtocol, make_windows
 
 
@@ -270,12 +271,12 @@ def test_peak_rss_is_this_process_not_the_parent(tmp_path):
     import subprocess
     import sys
 
-    from quantbench.eval.memory import peak_rss_bytes
+    from quantbench.device import peak_rss_bytes
 
     ballast = bytearray(600 * 1024 * 1024)  # parent peak >= 600 MB
     ballast[::4096] = b"x" * len(ballast[::4096])
     parent_peak = peak_rss_bytes()
-    code = "from quantbench.eval.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    code = "from quantbench.device import peak_rss_bytes; print(peak_rss_bytes())"
     child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert parent_peak > 600e6

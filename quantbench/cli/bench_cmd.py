@@ -33,6 +33,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import sys
 
+    from quantbench.artifact import write_text_atomic
     from quantbench.bench import BenchSettings, run_bench, to_markdown, to_text
 
     settings = BenchSettings(
@@ -46,9 +47,6 @@ def run(args) -> int:
     result = run_bench(args.model, settings, progress=lambda m: print(f"quantbench: {m}", file=sys.stderr, flush=True))
     for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, to_markdown(result) + "\n")):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text_atomic(path, text)
     print(to_text(result))
     return 0

@@ -60,7 +60,7 @@ def _progress(message: str) -> None:
 
 def cmd_methods(args) -> int:
     from quantbench.recipes import all_recipes
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
 
     device = resolve_device(args.device)
     print(f"{'method':24} {'family':14} {'runtime':12} {'on ' + device:10}  description")

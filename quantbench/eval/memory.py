@@ -7,19 +7,10 @@ g_idx) is counted wherever the format keeps it.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from quantbench.arch import ArchSpec
-from quantbench.process import peak_rss_bytes  # noqa: F401  (re-exported for the worker)
-
-
-def safetensors_tensor_bytes(path: Path) -> dict[str, int]:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+from quantbench.formats import safetensors
 
 
 def gguf_tensor_bytes(path: Path) -> dict[str, int]:
@@ -37,7 +28,7 @@ def stored_tensor_bytes(artifact: Path) -> dict[str, int]:
         return gguf_tensor_bytes(ggufs[0])
     out: dict[str, int] = {}
     for shard in sorted(artifact.glob("*.safetensors")):
-        out.update(safetensors_tensor_bytes(shard))
+        out.update(safetensors.tensor_bytes(shard))
     return out
 
 
@@ -83,8 +74,3 @@ def bits_per_weight(stored: dict[str, int], arch: ArchSpec, quantized_names: set
         "unassigned_bytes": unassigned,
     }
 
-
-def current_rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss

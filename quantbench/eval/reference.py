@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from quantbench.artifact import atomic_file
 from quantbench.eval.divergence import log_softmax
 from quantbench.eval.perplexity import PerplexityProtocol, Window
 
@@ -38,10 +38,8 @@ def compute_reference(runtime, windows: list[Window], path: Path, meta: dict, pr
         tensors[f"targets.{k}"] = torch.tensor(w.targets, dtype=torch.int64)
         if progress:
             progress(k + 1, len(windows))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"quantbench": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"quantbench": json.dumps(meta)})
 
 
 class Reference:

@@ -24,7 +24,7 @@ import torch
 from quantbench.errors import QuantbenchError
 from quantbench.methods.awq import AWQConfig, clip_search, fold_scale_into_parent, scale_search
 from quantbench.methods.gptq import GPTQConfig, HessianAccumulator, gptq_quantize, output_error
-from quantbench.process import peak_rss_bytes
+from quantbench.device import peak_rss_bytes
 from quantbench.methods.rtn import QuantizedLinear, RTNConfig, rtn_quantize
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from quantbench.arch import LINEAR
+from quantbench.device import best_half_dtype
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
-from quantbench.runtimes.hf import HFRuntime, best_half_dtype
+from quantbench.runtimes.hf import HFRuntime
 
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default 4-bit block size
 NESTED_BLOCKSIZE = 256  # double quant: absmax values quantized 256 at a time
@@ -107,8 +108,6 @@ class BnbRecipe(Recipe):
         save_pretrained, and such an artifact reloads with wrong scales: quantize before any forward.)
         """
         import json
-
-        from quantbench.runtimes.hf import best_half_dtype
 
         n = tensor.numel
         load_dtype = best_half_dtype("cpu") if device == "cpu" else torch.bfloat16

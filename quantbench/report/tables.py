@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from quantbench.artifact import write_json_atomic
+from quantbench.artifact import atomic_file, write_json_atomic, write_text_atomic
 
 # (header, row key, formatter)
 COLUMNS = (
@@ -110,10 +110,9 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"{result['model']['name']}: quality loss vs size (blue transformers, orange llama.cpp)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_all(result: dict, out_dir: Path, json_path: Path | None = None) -> list[Path]:
@@ -123,9 +122,7 @@ def write_all(result: dict, out_dir: Path, json_path: Path | None = None) -> lis
         write_json_atomic(path, result)
         written.append(path)
     for name, content in (("compare.md", markdown_table(result)), ("compare.csv", csv_text(result))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(out_dir / name)
+        write_text_atomic(out_dir / name, content)
         written.append(out_dir / name)
     if any(r.get("status") == "ok" for r in result["rows"]):
         plot(result, out_dir / "compare.png")

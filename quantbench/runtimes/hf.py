@@ -8,35 +8,11 @@ from typing import Sequence
 
 import torch
 
+from quantbench.device import describe_device
 from quantbench.errors import QuantbenchError
 from quantbench.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return "cpu"
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto' / None -> cuda when present, else cpu; a CUDA request without CUDA is a clear error."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QuantbenchError("--device cuda asked for, but this machine has no CUDA GPU; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise QuantbenchError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
-    return device
-
-
-def best_half_dtype(device: str) -> torch.dtype:
-    """bf16 where the device computes it natively, else fp16 on CUDA and fp32 on CPU."""
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 class HFRuntime(Runtime):

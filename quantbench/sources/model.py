@@ -11,13 +11,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
+from quantbench.formats import safetensors
 
 log = logging.getLogger(__name__)
 
@@ -92,25 +91,7 @@ def check_hf_folder(path: Path) -> None:
             )
         raise QuantbenchError(f"{path}: no *.safetensors weights")
     for shard in shards:
-        check_safetensors(shard)
-
-
-def check_safetensors(path: Path) -> None:
-    """Validate the header and that the data region covers every tensor (catches truncated files)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len <= 0 or 8 + header_len > size:
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise QuantbenchError(f"{path}: corrupt safetensors file ({exc}); re-download or re-export it") from None
-    if 8 + header_len + end > size:
-        raise QuantbenchError(
-            f"{path}: truncated safetensors file ({size} bytes, header promises {8 + header_len + end}); re-download it"
-        )
+        safetensors.read_header(shard)  # a garbled or truncated shard fails here, with one clear message
 
 
 def _folder_fingerprint(path: Path) -> str:
@@ -145,27 +126,22 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from quantbench.artifact import atomic_dir
+
     check_gguf(gguf_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))  # same filesystem: rename is atomic
+    kwargs = {"gguf_file": gguf_path.name}
     try:
-        kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
-        # The loaded model is plain fp32; drop the GGUF quantizer so save_pretrained writes plain weights.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    except QuantbenchError:
-        raise
+        with atomic_dir(target) as tmp:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+            # The loaded model is plain fp32; drop the GGUF quantizer so save_pretrained writes plain weights.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except Exception as exc:
         raise QuantbenchError(f"{gguf_path}: transformers could not load this GGUF ({exc})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_gguf(path: Path) -> None:
