@@ -13,17 +13,19 @@ one clear QuantbenchError, never a bare ValueError from deep inside a recipe.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
 from quantbench.errors import QuantbenchError
 
-# Bytes per element of each safetensors dtype (the `Dtype` enum of the safetensors crate).
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
+# Bits per element of every safetensors dtype (the `Dtype` enum of the safetensors crate).
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "U16": 16, "I16": 16, "F16": 16, "BF16": 16,
+    "U32": 32, "I32": 32, "F32": 32,
+    "U64": 64, "I64": 64, "F64": 64, "C64": 64,
 }
 # The same dtypes as torch and config.json spell them ("torch_dtype": "bfloat16").
 _TORCH_SPELLING = {
@@ -37,16 +39,17 @@ def dtype_bytes(name: str) -> int:
     """Bytes per element for a safetensors ("BF16"), torch ("torch.bfloat16") or config ("bfloat16") dtype name."""
     key = str(name).removeprefix("torch.")
     key = _TORCH_SPELLING.get(key, key)
-    if key not in DTYPE_BYTES:
-        raise QuantbenchError(f"unknown dtype '{name}'; expected one of {', '.join(DTYPE_BYTES)} or a torch dtype name")
-    return DTYPE_BYTES[key]
+    if DTYPE_BITS.get(key, 0) % 8:
+        raise QuantbenchError(f"dtype '{name}' is not a whole number of bytes; expected one of {', '.join(DTYPE_BITS)} or a torch dtype name")
+    return DTYPE_BITS[key] // 8
 
 
 def read_header(path: Path) -> dict[str, dict]:
     """name -> {"dtype", "shape", "data_offsets"} for every tensor ("__metadata__" left out).
 
-    Checks the header length, the JSON, each entry's fields, and that the data region the header
-    promises is on disk (a truncated download fails here, not in the middle of a load)."""
+    Checks the header length, the JSON, each entry's fields, that each tensor's span is its dtype x
+    shape, and that the data region the header promises is on disk (a truncated download fails here,
+    not in the middle of a load)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -63,12 +66,20 @@ def read_header(path: Path) -> dict[str, dict]:
         tensors = {k: v for k, v in header.items() if k != "__metadata__"}
         end = 0
         for name, info in tensors.items():
-            begin, stop = info["data_offsets"]
-            if info["dtype"] not in DTYPE_BYTES or not 0 <= begin <= stop or not isinstance(info["shape"], list):
-                raise ValueError(f"bad entry for {name}: {info}")
-            end = max(end, stop)
+            dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+            if dtype not in DTYPE_BITS:
+                raise ValueError(f"{name}: unknown dtype {dtype!r}")
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise ValueError(f"{name}: bad shape {shape!r}")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                    and 0 <= offsets[0] <= offsets[1]):
+                raise ValueError(f"{name}: bad data_offsets {offsets!r}")
+            if offsets[1] - offsets[0] != math.ceil(math.prod(shape) * DTYPE_BITS[dtype] / 8):
+                raise ValueError(f"{name}: data_offsets span {offsets[1] - offsets[0]} bytes, not {dtype} x {shape}")
+            end = max(end, offsets[1])
     except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise QuantbenchError(f"{path}: corrupt safetensors header ({exc}); re-download or re-export the file") from None
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else exc
+        raise QuantbenchError(f"{path}: corrupt safetensors header ({detail}); re-download or re-export the file") from None
     if 8 + header_len + end > size:
         raise QuantbenchError(
             f"{path}: truncated safetensors file ({size} bytes, its header promises {8 + header_len + end}); re-download it"
