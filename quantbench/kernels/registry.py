@@ -67,7 +67,69 @@ def pick_fast(format: str, weight: Any, device: torch.device | str, x_dtype: tor
 
 
 # ---------------------------------------------------------------------------------------------------
-# The fast kernels.
+# The fast kernels. Each module is imported when first called, so importing this file needs no Triton.
+
+
+def _needs_cuda(device: torch.device) -> str | None:
+    return None if device.type == "cuda" else "runs on CUDA only"
+
+
+def _triton_int_group_matmul(x, weight, bias=None):
+    from quantbench.kernels import triton_int
+
+    return triton_int.matmul(x, weight, bias)
+
+
+def _triton_int_group_dequantize(weight, dtype=torch.float32):
+    from quantbench.kernels import triton_int
+
+    return triton_int.dequantize(weight, dtype)
+
+
+def _triton_int_group_unsupported(weight, device, x_dtype):
+    if device.type != "cuda":
+        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
+    if x_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"input dtype {x_dtype} is not fp16/bf16/fp32"
+    return None
+
+
+def _tinygemm_prepare(weight):
+    from quantbench.kernels import tinygemm
+
+    return tinygemm.repack(weight)
+
+
+def _tinygemm_matmul(x, prepared, bias=None):
+    from quantbench.kernels import tinygemm
+
+    return tinygemm.matmul(x, prepared, bias)
+
+
+def _tinygemm_unsupported(weight, device, x_dtype):
+    from quantbench.kernels import tinygemm
+
+    return _needs_cuda(device) or tinygemm.unsupported(weight, x_dtype)
+
+
+def _triton_bnb_4bit_matmul(x, weight, bias=None):
+    from quantbench.kernels import triton_bnb
+
+    return triton_bnb.matmul(x, weight, bias)
+
+
+def _triton_bnb_4bit_dequantize(weight, dtype=torch.float32):
+    from quantbench.kernels import triton_bnb
+
+    return triton_bnb.dequantize(weight, dtype)
+
+
+def _cuda_float_unsupported(weight, device, x_dtype):
+    if device.type != "cuda":
+        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
+    if x_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"input dtype {x_dtype} is not fp16/bf16/fp32"
+    return None
 
 
 def _dense_matmul(x, weight, bias=None):
@@ -78,12 +140,31 @@ def _identity(weight):
     return weight
 
 
+_TRITON_INT = FastKernel(
+    name="triton-int-group",
+    prepare=_identity,
+    matmul=_triton_int_group_matmul,
+    unsupported=_triton_int_group_unsupported,
+    numerics="reads the stored layout directly; batch 1 multiplies exact fp32 weights (only the summation "
+    "order differs from the reference); batch > 1 rounds each dequantized weight to x's dtype for the "
+    "tensor cores, as dequantize(weight, x.dtype) would, then sums in fp32",
+)
+_TINYGEMM = FastKernel(
+    name="tinygemm-int4",
+    prepare=_tinygemm_prepare,
+    matmul=_tinygemm_matmul,
+    unsupported=_tinygemm_unsupported,
+    numerics="core PyTorch's _weight_int4pack_mm: the fp16 scales are rounded to bf16 and the zero point "
+    "becomes a bf16 offset (8 - z) * scale, so weights differ from the artifact's by up to 2^-8 relative",
+)
+
 register(
     FormatKernels(
         format=INT_GROUP,
         reference_dequantize=reference.dequantize_int_group,
         reference_matmul=reference.matmul_int_group,
-        fast=(),  # Triton int-group GEMV/GEMM and tinygemm: next commit
+        fast=(_TRITON_INT, _TINYGEMM),
+        fast_dequantize=_triton_int_group_dequantize,
     )
 )
 register(
@@ -91,7 +172,17 @@ register(
         format=BNB_4BIT,
         reference_dequantize=reference.dequantize_bnb_4bit,
         reference_matmul=reference.matmul_bnb_4bit,
-        fast=(),  # Triton nf4/fp4 GEMV: next commit
+        fast=(
+            FastKernel(
+                name="triton-bnb-4bit",
+                prepare=_identity,
+                matmul=_triton_bnb_4bit_matmul,
+                unsupported=_cuda_float_unsupported,
+                numerics="reads the stored layout directly; batch 1 multiplies exact fp32 weights; batch > 1 "
+                "rounds each dequantized weight to x's dtype (as bitsandbytes' own matmul_4bit does), sums in fp32",
+            ),
+        ),
+        fast_dequantize=_triton_bnb_4bit_dequantize,
     )
 )
 register(

@@ -1,0 +1,337 @@
+"""Triton kernels for compressed-tensors int2/int3/int4/int8 group-wise weights, read as stored.
+
+The packed words are dequantized in registers; nothing is repacked. The bit stream of a row is read
+in UNITS: the fewest whole int32 words that hold a whole number of codes (one word = 16 / 8 / 4 codes
+for 2 / 4 / 8 bits; three words = 32 codes for 3 bits). Code j of a unit sits at the fixed bit
+offset j*bits, so the kernels unroll over j with shifts known at compile time. A unit never straddles
+a group when group_size is a multiple of its codes (checked by `unsupported`).
+
+Each code becomes a float without an int->float conversion (which runs at a quarter of the fp32 rate
+on NVIDIA GPUs): OR-ing q < 2^23 into the mantissa of 2^23 (bits 0x4B000000) gives the float 2^23 + q;
+subtracting 2^23 + z then leaves q - z exactly.
+
+- `matmul`, batch 1: a GEMV; each program owns BLOCK_N rows and a slice of the columns (split-K),
+  walks them one chunk of at most one group at a time, and sums (q - z) * x per (row, unit) in fp32,
+  times the group's scale. The weights are multiplied exactly; only the summation order differs from
+  the reference.
+- `matmul`, batch > 1: per chunk and code position j, a (rows, units) tile of weights is dequantized
+  to x's dtype (as `dequantize(weight, x.dtype)` would round it) and fed to tl.dot with fp32
+  accumulation.
+- `dequantize`: the whole (rows, cols) weight, bit-exact with reference.dequantize_int_group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from quantbench.errors import QuantbenchError
+from quantbench.kernels.weights import IntGroupWeight
+
+MAGIC = 0x4B000000  # the bits of 2^23 as an fp32
+TWO_23 = 8388608.0
+
+
+def unit_shape(bits: int) -> tuple[int, int]:
+    """(words, codes) of the smallest whole-word unit of the bit stream."""
+    return (3, 32) if bits == 3 else (1, 32 // bits)
+
+
+def unsupported(weight: IntGroupWeight) -> str | None:
+    _, codes = unit_shape(weight.bits)
+    if weight.group_size % codes:
+        return f"group size {weight.group_size} is not a multiple of {codes} ({weight.bits}-bit codes per packed unit)"
+    return None
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 32  # rows per program
+    split_k: int = 1  # programs along the columns; > 1 sums their partials with fp32 atomics
+    max_chunk: int = 128  # columns per step (within one group)
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int = 16  # batch rows per program (tl.dot needs >= 16)
+    block_n: int = 64
+    block_units: int = 16  # packed units per step; tl.dot's K is block_units (>= 16)
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# shared pieces
+
+
+@triton.jit
+def _code(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr):
+    """Code J of a unit held in words w0 (w1, w2 for 3 bits), as int32 in [0, 2^BITS)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BIT: tl.constexpr = J * BITS
+    WORD: tl.constexpr = BIT // 32
+    SHIFT: tl.constexpr = BIT % 32
+    if WORD == 0:
+        lo = w0
+        hi = w1
+    elif WORD == 1:
+        lo = w1
+        hi = w2
+    else:
+        lo = w2
+        hi = w2
+    if SHIFT + BITS <= 32:
+        q = (lo >> SHIFT) & MASK
+    else:  # straddles into the next word (3 bits only)
+        LOW_BITS: tl.constexpr = 32 - SHIFT
+        q = ((lo >> SHIFT) & ((1 << LOW_BITS) - 1)) | ((hi & ((1 << (BITS - LOW_BITS)) - 1)) << LOW_BITS)
+    return q
+
+
+@triton.jit
+def _as_biased_float(q):
+    """2^23 + q as fp32, exactly, for 0 <= q < 2^23."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
+    """z[rows, group] from the zero points packed down the rows: element r of column g starts at bit
+    r*BITS of that column's bit stream. `rows` and `group` broadcast against each other."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    bit = rows * BITS
+    word = bit // 32
+    shift = bit % 32
+    lo = tl.load(zero_ptr + word * groups + group).to(tl.int64) & 0xFFFFFFFF
+    hi = tl.load(zero_ptr + tl.minimum(word + 1, zero_words - 1) * groups + group).to(tl.int64) & 0xFFFFFFFF
+    return (((hi << 32) | lo) >> shift) & MASK
+
+
+# ---------------------------------------------------------------------------------------------------
+# batch 1
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, packed_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr,
+    N, K, words_per_row, groups, zero_words,
+    BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    STEPS_PER_SPLIT: tl.constexpr,  # a compile-time trip count (one per layer width and split)
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    UNITS: tl.constexpr = CHUNK // UNIT_CODES
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_safe = tl.minimum(rows, N - 1)  # out-of-range rows read row N-1 and are not stored
+    units = tl.arange(0, UNITS)
+    row_words = packed_ptr + rows_safe[:, None].to(tl.int64) * words_per_row  # (BLOCK_N, 1)
+
+    chunks = K // CHUNK
+    acc = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
+    for step in range(0, STEPS_PER_SPLIT):  # this program's chunks: pid_k * STEPS_PER_SPLIT + step
+        chunk = pid_k * STEPS_PER_SPLIT + step
+        live = chunk < chunks  # the last split may run short; a dead step reads chunk 0 and adds 0
+        chunk = tl.where(live, chunk, 0)
+        col0 = chunk * CHUNK
+        word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
+        w0 = tl.load(word)
+        if UNIT_WORDS == 3:
+            w1 = tl.load(word + 1)
+            w2 = tl.load(word + 2)
+        else:
+            w1 = w0
+            w2 = w0
+        group = col0 // GROUP_SIZE
+        scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
+        scale = tl.where(live, scale, 0.0)
+        zero = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32) + 8388608.0
+        part = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
+        for j in tl.static_range(UNIT_CODES):
+            x = tl.load(x_ptr + col0 + units * UNIT_CODES + j).to(tl.float32)  # (UNITS,)
+            q_minus_z = _as_biased_float(_code(w0, w1, w2, j, BITS)) - zero[:, None]  # exact
+            part += q_minus_z * x[None, :]
+        acc += part * scale[:, None]
+    y = tl.sum(acc, axis=1)  # (BLOCK_N,)
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + rows_safe).to(tl.float32)
+        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+    else:  # out_ptr is a zeroed fp32 buffer; the wrapper adds the bias and casts
+        tl.atomic_add(out_ptr + rows, y, mask=rows < N)
+
+
+# ---------------------------------------------------------------------------------------------------
+# batch > 1
+
+
+@triton.jit
+def _gemm_kernel(
+    x_ptr, packed_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr,
+    M, N, K, words_per_row, groups, zero_words, stride_xm, stride_om,
+    BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, FP32_DOT: tl.constexpr, STEPS_PER_SPLIT: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_safe = tl.minimum(rows, N - 1)
+    tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tokens_safe = tl.minimum(tokens, M - 1)
+    units = tl.arange(0, BLOCK_UNITS)
+    row_words = packed_ptr + rows_safe[:, None].to(tl.int64) * words_per_row
+    x_rows = x_ptr + tokens_safe[:, None].to(tl.int64) * stride_xm  # (BLOCK_M, 1)
+
+    total_units = K // UNIT_CODES
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, STEPS_PER_SPLIT):
+        unit = (pid_k * STEPS_PER_SPLIT + step) * BLOCK_UNITS + units  # (BLOCK_UNITS,) global unit index
+        valid = unit < total_units
+        unit = tl.minimum(unit, total_units - 1)
+        word = row_words + unit[None, :] * UNIT_WORDS  # (BLOCK_N, BLOCK_UNITS)
+        w0 = tl.load(word)
+        if UNIT_WORDS == 3:
+            w1 = tl.load(word + 1)
+            w2 = tl.load(word + 2)
+        else:
+            w1 = w0
+            w2 = w0
+        group = (unit * UNIT_CODES) // GROUP_SIZE  # a unit lies inside one group
+        scale = tl.load(scale_ptr + rows_safe[:, None] * groups + group[None, :]).to(tl.float32)
+        scale = tl.where(valid[None, :], scale, 0.0)  # units past K contribute nothing
+        zero = _zero_points(zero_ptr, rows_safe[:, None], group[None, :], groups, zero_words, BITS).to(tl.float32) + 8388608.0
+        for j in tl.static_range(UNIT_CODES):
+            W = (_as_biased_float(_code(w0, w1, w2, j, BITS)) - zero) * scale  # (BLOCK_N, BLOCK_UNITS) exact fp32
+            x = tl.load(x_rows + (unit * UNIT_CODES + j)[None, :])  # (BLOCK_M, BLOCK_UNITS)
+            if FP32_DOT:
+                acc += tl.dot(x, tl.trans(W), input_precision="ieee")
+            else:
+                acc += tl.dot(x, tl.trans(W.to(x.dtype)))
+    out = out_ptr + tokens[:, None].to(tl.int64) * stride_om + rows[None, :]
+    mask = (tokens[:, None] < M) & (rows[None, :] < N)
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rows_safe).to(tl.float32)[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out, acc, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dequantize
+
+
+@triton.jit
+def _dequantize_kernel(
+    packed_ptr, scale_ptr, zero_ptr, out_ptr,
+    N, K, words_per_row, groups, zero_words,
+    BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_UNITS: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    unit = tl.program_id(1) * BLOCK_UNITS + tl.arange(0, BLOCK_UNITS)
+    mask = (rows[:, None] < N) & (unit[None, :] < K // UNIT_CODES)
+    rows_safe = tl.minimum(rows, N - 1)
+    unit_safe = tl.minimum(unit, K // UNIT_CODES - 1)
+    word = packed_ptr + rows_safe[:, None].to(tl.int64) * words_per_row + unit_safe[None, :] * UNIT_WORDS
+    w0 = tl.load(word)
+    if UNIT_WORDS == 3:
+        w1 = tl.load(word + 1)
+        w2 = tl.load(word + 2)
+    else:
+        w1 = w0
+        w2 = w0
+    group = (unit_safe * UNIT_CODES) // GROUP_SIZE
+    scale = tl.load(scale_ptr + rows_safe[:, None] * groups + group[None, :]).to(tl.float32)
+    zero = _zero_points(zero_ptr, rows_safe[:, None], group[None, :], groups, zero_words, BITS).to(tl.float32) + 8388608.0
+    out = out_ptr + rows[:, None].to(tl.int64) * K + unit[None, :] * UNIT_CODES
+    for j in tl.static_range(UNIT_CODES):
+        W = (_as_biased_float(_code(w0, w1, w2, j, BITS)) - zero) * scale  # (q - z) * scale, one fp32 rounding
+        tl.store(out + j, W.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# wrappers
+
+
+def _check(weight: IntGroupWeight) -> tuple[int, int]:
+    reason = unsupported(weight)
+    if reason:
+        raise QuantbenchError(f"Triton int kernels: {reason}; use quantbench.kernels.reference.matmul_int_group")
+    return unit_shape(weight.bits)
+
+
+def _gemv_chunk(group_size: int, unit_codes: int, max_chunk: int) -> int:
+    """Columns per GEMV step: the group, or the largest power-of-two part of it up to max_chunk."""
+    chunk = group_size
+    while chunk > max_chunk and chunk % 2 == 0 and (chunk // 2) % unit_codes == 0:
+        chunk //= 2
+    return chunk
+
+
+def matmul(
+    x: torch.Tensor,
+    weight: IntGroupWeight,
+    bias: torch.Tensor | None = None,
+    gemv: GemvConfig | None = None,
+    gemm: GemmConfig | None = None,
+) -> torch.Tensor:
+    """y = x @ W.T (+ bias): x (..., cols) fp16/bf16/fp32 -> y (..., rows) in x's dtype."""
+    unit_words, unit_codes = _check(weight)
+    if x.shape[-1] != weight.cols:
+        raise QuantbenchError(f"x has {x.shape[-1]} columns, the weight {weight.cols}")
+    x2 = x.reshape(-1, weight.cols).contiguous()
+    M, N, K = x2.shape[0], weight.rows, weight.cols
+    common = (K, weight.packed.shape[1], weight.groups, weight.zero_point.shape[0])
+    bias_arg = bias if bias is not None else x2  # any tensor; not read without HAS_BIAS
+    if M == 1:
+        cfg = gemv or GemvConfig()
+        chunk = _gemv_chunk(weight.group_size, unit_codes, cfg.max_chunk)
+        out = torch.empty(N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(N, dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
+        _gemv_kernel[grid](
+            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, N, *common,
+            STEPS_PER_SPLIT=triton.cdiv(K // chunk, cfg.split_k),
+            BITS=weight.bits, UNIT_WORDS=unit_words, UNIT_CODES=unit_codes, GROUP_SIZE=weight.group_size,
+            CHUNK=chunk, BLOCK_N=cfg.block_n, SPLIT_K=cfg.split_k, HAS_BIAS=bias is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+    else:
+        cfg = gemm or GemmConfig()
+        out = torch.empty(M, N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), cfg.split_k)
+        _gemm_kernel[grid](
+            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, M, N, *common, x2.stride(0), out.stride(0),
+            STEPS_PER_SPLIT=triton.cdiv(triton.cdiv(K // unit_codes, cfg.block_units), cfg.split_k),
+            BITS=weight.bits, UNIT_WORDS=unit_words, UNIT_CODES=unit_codes, GROUP_SIZE=weight.group_size,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_UNITS=cfg.block_units, SPLIT_K=cfg.split_k,
+            HAS_BIAS=bias is not None, FP32_DOT=x.dtype == torch.float32,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+    if out.dtype != x.dtype:  # split-K partials were summed in fp32
+        if bias is not None:
+            out += bias.float()
+        out = out.to(x.dtype)
+    return out.reshape(*x.shape[:-1], N)
+
+
+def dequantize(weight: IntGroupWeight, dtype: torch.dtype = torch.float32, block_n: int = 32, block_units: int = 16) -> torch.Tensor:
+    """W (rows, cols) in `dtype`, bit-exact with reference.dequantize_int_group."""
+    unit_words, unit_codes = _check(weight)
+    N, K = weight.rows, weight.cols
+    out = torch.empty(N, K, dtype=dtype, device=weight.packed.device)
+    grid = (triton.cdiv(N, block_n), triton.cdiv(K // unit_codes, block_units))
+    _dequantize_kernel[grid](
+        weight.packed, weight.scale, weight.zero_point, out, N, K, weight.packed.shape[1], weight.groups, weight.zero_point.shape[0],
+        BITS=weight.bits, UNIT_WORDS=unit_words, UNIT_CODES=unit_codes, GROUP_SIZE=weight.group_size,
+        BLOCK_N=block_n, BLOCK_UNITS=block_units,
+    )  # fmt: skip
+    return out
