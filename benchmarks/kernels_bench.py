@@ -23,27 +23,29 @@ from pathlib import Path
 import torch
 import triton
 
-from quantbench.kernels import IntGroupWeight, reference, tinygemm, triton_int
+from quantbench.kernels import Bnb4bitWeight, BnbInt8Weight, IntGroupWeight, reference, tinygemm, triton_bnb, triton_int, triton_int8
 from quantbench.kernels.weights import words_per_row
 
-SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (rows, cols): q/o proj; gate/up; down
+SHAPES = [(14336, 4096), (4096, 14336), (4096, 4096)]  # (rows, cols): q/o proj; gate/up; down
 BATCHES = (1, 8, 32)
 ROTATE_BYTES = 512 * 2**20
 GEMV_CONFIGS = [
-    triton_int.GemvConfig(block_n=16, split_k=1, num_warps=4),
     triton_int.GemvConfig(block_n=32, split_k=1, num_warps=4),
     triton_int.GemvConfig(block_n=64, split_k=1, num_warps=4),
-    triton_int.GemvConfig(block_n=32, split_k=4, num_warps=4),
+    triton_int.GemvConfig(block_n=128, split_k=1, num_warps=4),
     triton_int.GemvConfig(block_n=64, split_k=4, num_warps=4),
-    triton_int.GemvConfig(block_n=64, split_k=2, num_warps=8),
+    triton_int.GemvConfig(block_n=128, split_k=4, num_warps=4),
     triton_int.GemvConfig(block_n=128, split_k=4, num_warps=8),
 ]
 GEMM_CONFIGS = [
-    triton_int.GemmConfig(block_m=16, block_n=32, block_units=16, split_k=1, num_warps=4),
     triton_int.GemmConfig(block_m=16, block_n=64, block_units=16, split_k=1, num_warps=4),
     triton_int.GemmConfig(block_m=16, block_n=64, block_units=16, split_k=4, num_warps=4),
     triton_int.GemmConfig(block_m=32, block_n=128, block_units=32, split_k=2, num_warps=8),
 ]
+BNB_GEMV_CONFIGS = [triton_bnb.GemvConfig(), triton_bnb.GemvConfig(block_n=64, block_words=16, split_k=4)]
+NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+       -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+       0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]  # REFERENCE.md section 1
 
 
 def random_int_weight(rows: int, cols: int, bits: int, group_size: int, seed: int) -> IntGroupWeight:
@@ -54,6 +56,26 @@ def random_int_weight(rows: int, cols: int, bits: int, group_size: int, seed: in
     zero = torch.randint(-(2**31), 2**31 - 1, (words_per_row(rows, bits), groups), generator=g, device="cuda", dtype=torch.int32)
     scale = (torch.rand(rows, groups, generator=g, device="cuda") * 0.02 + 0.001).to(torch.bfloat16)
     return IntGroupWeight(packed, scale, zero, rows, cols, bits, group_size)
+
+
+def random_bnb_weight(rows: int, cols: int, double_quant: bool, seed: int) -> Bnb4bitWeight:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n, blocks = rows * cols, rows * cols // 64
+    packed = torch.randint(0, 256, (n // 2, 1), generator=g, device="cuda", dtype=torch.uint8)
+    code = torch.tensor(NF4, device="cuda")
+    if not double_quant:
+        return Bnb4bitWeight(packed, torch.rand(blocks, generator=g, device="cuda") * 0.1, code, rows, cols, "nf4")
+    absmax = torch.randint(0, 256, (blocks,), generator=g, device="cuda", dtype=torch.uint8)
+    nested_code = torch.sort(torch.rand(256, generator=g, device="cuda") * 2 - 1).values
+    nested_absmax = torch.rand(-(-blocks // 256), generator=g, device="cuda") * 0.1
+    offset = torch.tensor(0.05, device="cuda")
+    return Bnb4bitWeight(packed, absmax, code, rows, cols, "nf4", nested_absmax=nested_absmax, nested_code=nested_code, nested_offset=offset)
+
+
+def random_int8_weight(rows: int, cols: int, seed: int) -> BnbInt8Weight:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    weight = torch.randint(-127, 128, (rows, cols), generator=g, device="cuda", dtype=torch.int8)
+    return BnbInt8Weight(weight, torch.rand(rows, generator=g, device="cuda") * 0.1 + 0.01, 6.0)
 
 
 def copy_bandwidth(nbytes: int = 2 * 2**30, repeats: int = 10) -> float:
@@ -140,7 +162,7 @@ def bench_row(rec, copy_bw, kernel, config, bits, rows, cols, batch, seconds, be
     })  # fmt: skip
 
 
-def checks(rec: Recorder) -> None:
+def checks(rec: Recorder, copy_bw=None, started=None) -> None:
     """Each fast kernel against its reference on this device (bit-exact dequantize; matmul error)."""
     for bits in (2, 3, 4, 8):
         w = random_int_weight(1000, 1024, bits, 128, seed=bits)
@@ -155,6 +177,24 @@ def checks(rec: Recorder) -> None:
             y = triton_int.matmul(x, w)
             err = ((y.double() - exact).abs() / magnitude).max().item()
             rec.add("checks", {"check": "triton-int matmul max |err| / (|x| @ |W|.T)", "bits": bits, "batch": batch, "value": err, "ok": err < 2**-7})
+    for dq in (False, True):
+        w = random_bnb_weight(1000, 1024, dq, seed=3)
+        for dtype in (torch.float32, torch.bfloat16):
+            exact = torch.equal(triton_bnb.dequantize(w, dtype), reference.dequantize_bnb_4bit(w, dtype))
+            rec.add("checks", {"check": "triton-bnb dequantize bit-exact", "double_quant": dq, "dtype": str(dtype), "ok": exact})
+        W = reference.dequantize_bnb_4bit(w).double()
+        for batch in (1, 3, 32):
+            x = torch.randn(batch, 1024, device="cuda", dtype=torch.bfloat16)
+            err = ((triton_bnb.matmul(x, w).double() - x.double() @ W.T).abs() / (x.double().abs() @ W.abs().T)).max().item()
+            rec.add("checks", {"check": "triton-bnb matmul max |err| / (|x| @ |W|.T)", "double_quant": dq, "batch": batch, "value": err, "ok": err < 2**-7})
+    w8 = random_int8_weight(1000, 1024, seed=5)
+    for batch in (1, 3, 32):
+        x = torch.randn(batch, 1024, device="cuda", dtype=torch.bfloat16)
+        x[:, 10] = 20.0  # an outlier column
+        ref = reference.matmul_bnb_int8(x, w8)
+        magnitude = x.double().abs() @ reference.dequantize_bnb_int8(w8).double().abs().T
+        err = ((triton_int8.matmul(x, w8).double() - ref.double()).abs() / magnitude).max().item()
+        rec.add("checks", {"check": "triton-llm-int8 vs reference max |err| / (|x| @ |W|.T)", "batch": batch, "value": err, "ok": err < 2**-7})
     w = random_int_weight(1024, 4096, 4, 128, seed=7)
     W = reference.dequantize_int_group(w).double()
     for high_first in (True, False):
@@ -185,12 +225,22 @@ def main(out: Path) -> None:
     }  # fmt: skip
     rec = Recorder(out, meta)
     print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
-    checks(rec)
+    for section in (checks, int4_sweep, bnb_and_int8, other_bits):
+        try:
+            section(rec, copy_bw, started)
+        except Exception as e:  # one broken section is reported, the others still run
+            rec.add("checks", {"check": f"section {section.__name__} failed", "error": repr(e)[:500], "ok": False})
+        torch.cuda.empty_cache()
+    rec.add("checks", {"check": "wall seconds", "value": time.time() - started})
+
+
+def int4_sweep(rec, copy_bw, started):
 
     for rows, cols in SHAPES:
         base = random_int_weight(rows, cols, 4, 128, seed=0)
         n = copies_for(base.stored_bytes())
         weights = [base] + [random_int_weight(rows, cols, 4, 128, seed=i) for i in range(1, n)]
+        tg = [tinygemm.repack(w) for w in weights]
         for batch in BATCHES:
             x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
             configs = GEMV_CONFIGS if batch == 1 else [c for c in GEMM_CONFIGS if c.block_m <= max(16, batch)]
@@ -202,10 +252,8 @@ def main(out: Path) -> None:
                     bench_row(rec, copy_bw, "triton-int", cfg.__dict__, 4, rows, cols, batch, med, best, base.stored_bytes())
                 except Exception as e:  # a config that fails to compile is reported, not fatal
                     rec.add("rows", {"kernel": "triton-int", "config": cfg.__dict__, "rows": rows, "cols": cols, "batch": batch, "error": repr(e)[:300]})
-            tg = [tinygemm.repack(w) for w in weights]
             med, best = graph_time([lambda t=t: tinygemm.matmul(x, t) for t in tg])
             bench_row(rec, copy_bw, "tinygemm", {"inner_k_tiles": 8}, 4, rows, cols, batch, med, best, tg[0].resident_bytes())
-            del tg
             dense = [torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(rows * cols * 2))]
             med, best = graph_time([lambda d=d: torch.nn.functional.linear(x, d) for d in dense])
             bench_row(rec, copy_bw, "cublas-bf16", {}, 16, rows, cols, batch, med, best, rows * cols * 2)
@@ -213,21 +261,48 @@ def main(out: Path) -> None:
             if batch == 1:
                 t = event_time(lambda: reference.matmul_int_group(x, base))
                 bench_row(rec, copy_bw, "reference-int", {}, 4, rows, cols, batch, t, t, base.stored_bytes())
-        del weights
+        del weights, tg
         torch.cuda.empty_cache()
         print(f"{rows}x{cols} done at {time.time() - started:.0f} s", flush=True)
 
-    # other bit widths at batch 1 (default config), 14336-wide shapes
+
+def bnb_and_int8(rec, copy_bw, started):
+    for rows, cols in SHAPES:
+        for dq in (False, True):
+            base = random_bnb_weight(rows, cols, dq, seed=0)
+            weights = [base] + [random_bnb_weight(rows, cols, dq, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
+            for batch in BATCHES:
+                x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
+                for cfg in BNB_GEMV_CONFIGS if batch == 1 else [triton_bnb.GemmConfig()]:
+                    key = "gemv" if batch == 1 else "gemm"
+                    med, best = graph_time([lambda w=w: triton_bnb.matmul(x, w, **{key: cfg}) for w in weights])
+                    bench_row(rec, copy_bw, "triton-bnb-nf4" + ("-dq" if dq else ""), cfg.__dict__, 4, rows, cols, batch, med, best, base.stored_bytes())
+            del weights
+        base = random_int8_weight(rows, cols, seed=0)
+        weights = [base] + [random_int8_weight(rows, cols, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
+        for batch in BATCHES:
+            for outliers in (False, True):
+                x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
+                if outliers:
+                    x[:, 100] = 20.0  # one outlier column: its tile takes the 16-bit path too
+                med, best = graph_time([lambda w=w: triton_int8.matmul(x, w) for w in weights])
+                bench_row(rec, copy_bw, "triton-llm-int8" + ("-1-outlier-col" if outliers else ""), {}, 8, rows, cols, batch, med, best, base.stored_bytes())
+        del weights
+        torch.cuda.empty_cache()
+        print(f"bnb {rows}x{cols} done at {time.time() - started:.0f} s", flush=True)
+
+
+def other_bits(rec, copy_bw, started):
+    """Other bit widths at batch 1 (default config), 14336-wide shapes."""
     for bits in (8, 3, 2):
         for rows, cols in SHAPES[1:]:
             base = random_int_weight(rows, cols, bits, 128, seed=0)
             weights = [base] + [random_int_weight(rows, cols, bits, 128, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
             x = torch.randn(1, cols, device="cuda", dtype=torch.bfloat16)
-            for cfg in (triton_int.GemvConfig(), triton_int.GemvConfig(block_n=64, split_k=4)):
+            for cfg in (triton_int.GemvConfig(),):
                 med, best = graph_time([lambda w=w: triton_int.matmul(x, w, gemv=cfg) for w in weights])
                 bench_row(rec, copy_bw, "triton-int", cfg.__dict__, bits, rows, cols, 1, med, best, base.stored_bytes())
             del weights
-    rec.add("checks", {"check": "wall seconds", "value": time.time() - started})
 
 
 if __name__ == "__main__":

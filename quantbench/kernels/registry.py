@@ -87,11 +87,9 @@ def _triton_int_group_dequantize(weight, dtype=torch.float32):
 
 
 def _triton_int_group_unsupported(weight, device, x_dtype):
-    if device.type != "cuda":
-        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
-    if x_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"input dtype {x_dtype} is not fp16/bf16/fp32"
-    return None
+    from quantbench.kernels import triton_int
+
+    return _cuda_float_unsupported(weight, device, x_dtype) or triton_int.unsupported(weight)
 
 
 def _tinygemm_prepare(weight):
@@ -129,6 +127,20 @@ def _cuda_float_unsupported(weight, device, x_dtype):
         return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
     if x_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"input dtype {x_dtype} is not fp16/bf16/fp32"
+    return None
+
+
+def _triton_llm_int8_matmul(x, weight, bias=None):
+    from quantbench.kernels import triton_int8
+
+    return triton_int8.matmul(x, weight, bias)
+
+
+def _llm_int8_unsupported(weight, device, x_dtype):
+    if device.type != "cuda":
+        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
+    if x_dtype not in (torch.float16, torch.bfloat16):
+        return f"LLM.int8 takes fp16/bf16 inputs, not {x_dtype}"
     return None
 
 
@@ -183,6 +195,24 @@ register(
             ),
         ),
         fast_dequantize=_triton_bnb_4bit_dequantize,
+    )
+)
+register(
+    FormatKernels(
+        format=BNB_INT8,
+        reference_dequantize=reference.dequantize_bnb_int8,
+        reference_matmul=reference.matmul_bnb_int8,
+        fast=(
+            FastKernel(
+                name="triton-llm-int8",
+                prepare=_identity,
+                matmul=_triton_llm_int8_matmul,
+                unsupported=_llm_int8_unsupported,
+                numerics="the same outlier decomposition (threshold, fp16 outlier test, int8 rows, exact int32 "
+                "sums); the outlier columns' weights are multiplied exactly instead of rounded to x's dtype first "
+                "(bitsandbytes and the reference round them): a difference within bf16 rounding; at most 64 tokens a call",
+            ),
+        ),
     )
 )
 register(

@@ -108,9 +108,12 @@ def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
     bit = rows * BITS
     word = bit // 32
     shift = bit % 32
-    lo = tl.load(zero_ptr + word * groups + group).to(tl.int64) & 0xFFFFFFFF
-    hi = tl.load(zero_ptr + tl.minimum(word + 1, zero_words - 1) * groups + group).to(tl.int64) & 0xFFFFFFFF
-    return (((hi << 32) | lo) >> shift) & MASK
+    if 32 % BITS == 0:  # never straddles: one word
+        return (tl.load(zero_ptr + word * groups + group) >> shift) & MASK
+    else:  # a 64-bit window of two words
+        lo = tl.load(zero_ptr + word * groups + group).to(tl.int64) & 0xFFFFFFFF
+        hi = tl.load(zero_ptr + tl.minimum(word + 1, zero_words - 1) * groups + group).to(tl.int64) & 0xFFFFFFFF
+        return ((((hi << 32) | lo) >> shift) & MASK).to(tl.int32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
 @triton.jit
 def _gemv_kernel(
     x_ptr, packed_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr,
-    N, K, words_per_row, groups, zero_words,
+    N, K, words_per_row, groups, zero_words, magic,
     BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, GROUP_SIZE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
     STEPS_PER_SPLIT: tl.constexpr,  # a compile-time trip count (one per layer width and split)
@@ -151,12 +154,30 @@ def _gemv_kernel(
         group = col0 // GROUP_SIZE
         scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
         scale = tl.where(live, scale, 0.0)
-        zero = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32) + 8388608.0
+        z = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32)  # (BLOCK_N,)
         part = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
-        for j in tl.static_range(UNIT_CODES):
-            x = tl.load(x_ptr + col0 + units * UNIT_CODES + j).to(tl.float32)  # (UNITS,)
-            q_minus_z = _as_biased_float(_code(w0, w1, w2, j, BITS)) - zero[:, None]  # exact
-            part += q_minus_z * x[None, :]
+        if UNIT_WORDS == 1:
+            # Codes masked in place, no shift: code j of a 16-bit half sits at bit P = (j*BITS) % 16,
+            # so (half & (MASK << P)) | 2^23 is the float 2^23 + 2^P q (P + BITS <= 23); minus
+            # 2^23 + 2^P z it is 2^P (q - z) exactly, and x is pre-scaled by 2^-P (exact). The bits of
+            # 2^23 arrive as the argument `magic`, so they sit in a register and ptxas fuses the AND
+            # and OR into one LOP3 (with both as immediates it emitted two).
+            halves_hi = (w0 >> 16) & 0xFFFF
+            for j in tl.static_range(UNIT_CODES):
+                P = (j * BITS) % 16  # a compile-time int (j and BITS are)
+                if j * BITS < 16:
+                    half = w0
+                else:
+                    half = halves_hi
+                x = tl.load(x_ptr + col0 + units * UNIT_CODES + j).to(tl.float32) * (1.0 / (1 << P))  # (UNITS,)
+                q_scaled = ((half & (((1 << BITS) - 1) << P)) | magic).to(tl.float32, bitcast=True)
+                part += (q_scaled - (8388608.0 + z * (1 << P))[:, None]) * x[None, :]
+        else:
+            zero = z + 8388608.0
+            for j in tl.static_range(UNIT_CODES):
+                x = tl.load(x_ptr + col0 + units * UNIT_CODES + j).to(tl.float32)  # (UNITS,)
+                q_minus_z = _as_biased_float(_code(w0, w1, w2, j, BITS)) - zero[:, None]  # exact
+                part += q_minus_z * x[None, :]
         acc += part * scale[:, None]
     y = tl.sum(acc, axis=1)  # (BLOCK_N,)
     if SPLIT_K == 1:
@@ -298,7 +319,7 @@ def matmul(
         out = torch.empty(N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(N, dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
         _gemv_kernel[grid](
-            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, N, *common,
+            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, N, *common, MAGIC,
             STEPS_PER_SPLIT=triton.cdiv(K // chunk, cfg.split_k),
             BITS=weight.bits, UNIT_WORDS=unit_words, UNIT_CODES=unit_codes, GROUP_SIZE=weight.group_size,
             CHUNK=chunk, BLOCK_N=cfg.block_n, SPLIT_K=cfg.split_k, HAS_BIAS=bias is not None,
