@@ -41,6 +41,40 @@ from quantbench.methods.rtn import QuantizedLinear  # noqa: E402
 
 BF16_ULP = 2.0**-8  # relative spacing of bf16 values (7 stored mantissa bits): rounding is within half
 
+def patch_triton_interpreter_bf16():
+    """Triton 3.6's interpreter gets bf16 wrong where the GPU does not: it truncates fp32 -> bf16
+    (the GPU rounds to nearest even) and tl.dot multiplies bf16 bit patterns as integers. Patch both
+    so interpreted kernels compute what compiled ones do."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder, "_quantbench_bf16_patch", False):
+        return
+    cast_impl, create_dot = builder.cast_impl, builder.create_dot
+
+    def bf16_bits_to_fp32(bits):
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+
+    def patched_cast(self, src, dst_type):
+        if dst_type.scalar == tl.bfloat16 and src.dtype.scalar != tl.bfloat16:
+            values = np.ascontiguousarray(src.data).astype(np.float32)
+            rounded = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            return interpreter.TensorHandle(rounded, tl.bfloat16)
+        return cast_impl(self, src, dst_type)
+
+    def patched_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.dtype.scalar == tl.bfloat16:
+            a = interpreter.TensorHandle(bf16_bits_to_fp32(a.data), tl.float32)
+        if b.dtype.scalar == tl.bfloat16:
+            b = interpreter.TensorHandle(bf16_bits_to_fp32(b.data), tl.float32)
+        return create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    builder.cast_impl, builder.create_dot = patched_cast, patched_dot
+    builder.create_fp_trunc = lambda self, src, dst_type: patched_cast(self, src, dst_type)
+    builder._quantbench_bf16_patch = True
+
 
 def random_int_group(rows: int, cols: int, bits: int, group_size: int, scale_dtype=torch.float16, seed: int = 0):
     """(IntGroupWeight, codes, zeros, scales) from random codes, packed by quantbench's own writer."""
@@ -210,3 +244,109 @@ def test_registry_names_a_reason_when_no_fast_kernel_fits():
     with pytest.raises(QuantbenchError, match="no kernels for weight format"):
         kernels_for("gguf-q4_k")
     assert kernels_for(BNB_4BIT).reference_dequantize is dequantize_bnb_4bit
+
+
+# ---------------------------------------------------------------------------------------------------
+# fast kernels vs references (Triton's interpreter on CPU; compiled on CUDA)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def triton_kernels():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        patch_triton_interpreter_bf16()
+    from quantbench.kernels import triton_bnb, triton_int, triton_int8
+
+    return triton_int, triton_bnb, triton_int8
+
+
+def on_device(weight):
+    from dataclasses import fields, replace
+
+    return replace(weight, **{f.name: getattr(weight, f.name).to(DEVICE) for f in fields(weight) if isinstance(getattr(weight, f.name), torch.Tensor)})
+
+
+@pytest.mark.parametrize(
+    "bits,rows,cols,group_size",
+    [(4, 37, 256, 128), (8, 37, 256, 128), (2, 5, 64, 32), (3, 5, 64, 32)],
+)
+def test_triton_int_matches_reference(triton_kernels, bits, rows, cols, group_size):
+    triton_int = triton_kernels[0]
+    weight, codes, zeros, scales = random_int_group(rows, cols, bits, group_size, scale_dtype=torch.bfloat16, seed=bits)
+    weight = on_device(weight)
+    W = naive_int_group(codes, zeros, scales, group_size)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(triton_int.dequantize(weight, dtype).cpu(), dequantize_int_group(weight, dtype).cpu())
+    bias = torch.randn(rows, dtype=torch.bfloat16)
+    for batch in (1, 3):  # GEMV (exact fp32 weights), then the tensor-core kernel (weights rounded to bf16)
+        x = torch.randn(batch, cols, dtype=torch.bfloat16)
+        y = triton_int.matmul(x.to(DEVICE), weight, bias.to(DEVICE)).cpu()
+        assert_matmul_close(y, x, W, bias, weight_rounding=0.0 if batch == 1 else BF16_ULP)
+    if bits == 4:  # split-K, batch 32, an fp32 input (exact fp32 dot)
+        x = torch.randn(32, cols, dtype=torch.bfloat16)
+        y = triton_int.matmul(x.to(DEVICE), weight, gemm=triton_int.GemmConfig(block_n=16, split_k=2)).cpu()
+        assert_matmul_close(y, x, W, weight_rounding=BF16_ULP)
+        x1 = x[:1]
+        y = triton_int.matmul(x1.to(DEVICE), weight, gemv=triton_int.GemvConfig(block_n=16, split_k=2)).cpu()
+        assert_matmul_close(y, x1, W)
+        xf = torch.randn(2, cols)
+        assert_matmul_close(triton_int.matmul(xf.to(DEVICE), weight).cpu(), xf, W)
+
+
+def test_triton_int_refuses_groups_smaller_than_a_packed_unit(triton_kernels):
+    weight, *_ = random_int_group(4, 64, 3, 16)
+    with pytest.raises(QuantbenchError, match="not a multiple of 32"):
+        triton_kernels[0].matmul(torch.randn(1, 64), weight)
+    with pytest.raises(QuantbenchError, match="triton-int-group: group size 16.*tinygemm-int4: tinygemm is int4 only"):
+        pick_fast(INT_GROUP, weight, "cuda", torch.bfloat16)
+    assert pick_fast(INT_GROUP, random_int_group(4, 64, 4, 32)[0], "cuda", torch.bfloat16).name == "triton-int-group"
+
+
+@pytest.mark.parametrize("quant_type,double_quant", [("nf4", False), ("fp4", True)])
+@pytest.mark.parametrize("rows,cols", [(37, 256), (5, 100)])
+def test_triton_bnb_4bit_matches_reference(triton_kernels, quant_type, double_quant, rows, cols):
+    triton_bnb = triton_kernels[1]
+    weight, oracle = bnb_quantized(rows, cols, quant_type, double_quant)
+    weight = on_device(weight)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(triton_bnb.dequantize(weight, dtype).cpu(), oracle.to(dtype))
+    aligned = triton_bnb.row_aligned(weight)  # (5, 100): blocks run across rows, the generic kernel
+    for batch in (1, 3):
+        x = torch.randn(batch, cols, dtype=torch.bfloat16)
+        bias = torch.randn(rows, dtype=torch.bfloat16)
+        y = triton_bnb.matmul(x.to(DEVICE), weight, bias.to(DEVICE)).cpu()
+        assert_matmul_close(y, x, oracle, bias, weight_rounding=BF16_ULP if (aligned and batch > 1) else 0.0)
+
+
+@pytest.mark.parametrize("threshold", [6.0, 0.0])
+def test_triton_llm_int8_matches_reference(triton_kernels, threshold):
+    triton_int8 = triton_kernels[2]
+    CB, SCB = bnb_int8(37, 200)
+    weight = BnbInt8Weight(CB, SCB, threshold)
+    for batch in (1, 3):
+        x = torch.randn(batch, 200, generator=torch.Generator().manual_seed(batch)).to(torch.bfloat16)
+        x[:, 7] = 40.0
+        x[0, 150] = -7.5
+        bias = torch.randn(37).to(torch.bfloat16)
+        ours = triton_int8.matmul(x.to(DEVICE), on_device(weight), bias.to(DEVICE)).cpu()
+        ref = matmul_bnb_int8(x, weight, bias)
+        if threshold == 0:  # no outlier part: the same integers and the same fp32 steps, bit for bit
+            assert torch.equal(ours, ref)
+        else:  # the outlier columns' weights are not rounded to bf16 first: within an ulp of the terms
+            magnitude = x.double().abs() @ dequantize_bnb_int8(weight).double().abs().T + bias.double().abs()
+            assert ((ours.double() - ref.double()).abs() <= 2 * BF16_ULP * magnitude).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tinygemm (_weight_int4pack_mm) runs on CUDA only")
+def test_tinygemm_matches_reference():
+    from quantbench.kernels import tinygemm
+
+    weight, codes, zeros, scales = random_int_group(64, 256, 4, 128)
+    W = naive_int_group(codes, zeros, scales, 128)
+    prepared = tinygemm.repack(on_device(weight))
+    assert prepared.resident_bytes() <= 1.05 * weight.stored_bytes()
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    # scales rounded to bf16 and the zero folded into a bf16 offset: about 2^-8 of each weight's scale x 16
+    assert_matmul_close(tinygemm.matmul(x.cuda(), prepared).cpu(), x, W, weight_rounding=8 * BF16_ULP)

@@ -60,8 +60,8 @@ class GemvConfig:
 class GemmConfig:
     block_m: int = 16  # batch rows per program (tl.dot needs >= 16)
     block_n: int = 64
-    block_units: int = 16  # packed units per step; tl.dot's K is block_units (>= 16)
     split_k: int = 1
+    max_chunk: int = 128  # columns per step and tl.dot (within one group)
     num_warps: int = 4
     num_stages: int = 3
 
@@ -189,35 +189,121 @@ def _gemv_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------
-# batch > 1
+# batch > 1: codes of a chunk put back in column order, one tl.dot per chunk
+
+
+@triton.jit
+def _natural2(q0, q1):
+    return tl.interleave(q0, q1)  # column 2u + i holds q_i[u]
+
+
+@triton.jit
+def _natural4(q0, q1, q2, q3):
+    return tl.interleave(_natural2(q0, q2), _natural2(q1, q3))  # evens, then odds, interleaved
+
+
+@triton.jit
+def _natural8(q0, q1, q2, q3, q4, q5, q6, q7):
+    return tl.interleave(_natural4(q0, q2, q4, q6), _natural4(q1, q3, q5, q7))
+
+
+@triton.jit
+def _weight(w0, w1, w2, high_halves, zero, scale, magic, J: tl.constexpr, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr):
+    """(q_J - z) * scale for code J of each unit, fp32, exact before its one rounding. zero and scale
+    are per row. With whole-word units the code is masked in place (see the GEMV) and the zero and
+    scale are shifted by the same power of two; 3-bit codes are shifted out."""
+    if UNIT_WORDS == 1:
+        P = (J * BITS) % 16  # a compile-time int
+        if J * BITS < 16:
+            half = w0
+        else:
+            half = high_halves
+        biased = ((half & (((1 << BITS) - 1) << P)) | magic).to(tl.float32, bitcast=True)  # 2^23 + 2^P q
+        return (biased - (8388608.0 + zero * (1 << P))[:, None]) * (scale * (1.0 / (1 << P)))[:, None]
+    else:
+        return (_as_biased_float(_code(w0, w1, w2, J, BITS)) - (8388608.0 + zero)[:, None]) * scale[:, None]
+
+
+@triton.jit
+def _natural16(w0, w1, w2, hi, zero, scale, magic, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, DT: tl.constexpr, FIRST: tl.constexpr, STRIDE: tl.constexpr):
+    """Weights of codes FIRST, FIRST+STRIDE, ... (16 of them) of each unit, in that order along the columns."""
+    evens = _natural8(
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 2 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 4 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 6 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 8 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 10 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 12 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 14 * STRIDE, BITS, UNIT_WORDS).to(DT),
+    )  # fmt: skip
+    odds = _natural8(
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 3 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 5 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 7 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 9 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 11 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 13 * STRIDE, BITS, UNIT_WORDS).to(DT),
+        _weight(w0, w1, w2, hi, zero, scale, magic, FIRST + 15 * STRIDE, BITS, UNIT_WORDS).to(DT),
+    )  # fmt: skip
+    return tl.interleave(evens, odds)
+
+
+@triton.jit
+def _weights_in_order(w0, w1, w2, zero, scale, magic, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, DT: tl.constexpr):
+    """(rows, units) packed units -> (rows, units * UNIT_CODES) weights (q - z) * scale in column order, as DT."""
+    hi = (w0 >> 16) & 0xFFFF
+    if UNIT_CODES == 4:
+        return _natural4(
+            _weight(w0, w1, w2, hi, zero, scale, magic, 0, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 1, BITS, UNIT_WORDS).to(DT),
+            _weight(w0, w1, w2, hi, zero, scale, magic, 2, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 3, BITS, UNIT_WORDS).to(DT),
+        )  # fmt: skip
+    elif UNIT_CODES == 8:
+        return _natural8(
+            _weight(w0, w1, w2, hi, zero, scale, magic, 0, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 1, BITS, UNIT_WORDS).to(DT),
+            _weight(w0, w1, w2, hi, zero, scale, magic, 2, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 3, BITS, UNIT_WORDS).to(DT),
+            _weight(w0, w1, w2, hi, zero, scale, magic, 4, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 5, BITS, UNIT_WORDS).to(DT),
+            _weight(w0, w1, w2, hi, zero, scale, magic, 6, BITS, UNIT_WORDS).to(DT), _weight(w0, w1, w2, hi, zero, scale, magic, 7, BITS, UNIT_WORDS).to(DT),
+        )  # fmt: skip
+    elif UNIT_CODES == 16:
+        return _natural16(w0, w1, w2, hi, zero, scale, magic, BITS, UNIT_WORDS, DT, 0, 1)
+    else:  # 32 codes (3 bits): the even codes' order interleaved with the odd codes'
+        return tl.interleave(
+            _natural16(w0, w1, w2, hi, zero, scale, magic, BITS, UNIT_WORDS, DT, 0, 2),
+            _natural16(w0, w1, w2, hi, zero, scale, magic, BITS, UNIT_WORDS, DT, 1, 2),
+        )
 
 
 @triton.jit
 def _gemm_kernel(
     x_ptr, packed_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr,
-    M, N, K, words_per_row, groups, zero_words, stride_xm, stride_om,
+    M, N, K, words_per_row, groups, zero_words, stride_xm, stride_om, magic,
     BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, GROUP_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLIT_K: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, FP32_DOT: tl.constexpr, STEPS_PER_SPLIT: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
+    UNITS: tl.constexpr = CHUNK // UNIT_CODES
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_safe = tl.minimum(rows, N - 1)
     tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     tokens_safe = tl.minimum(tokens, M - 1)
-    units = tl.arange(0, BLOCK_UNITS)
+    units = tl.arange(0, UNITS)
+    cols = tl.arange(0, CHUNK)
     row_words = packed_ptr + rows_safe[:, None].to(tl.int64) * words_per_row
     x_rows = x_ptr + tokens_safe[:, None].to(tl.int64) * stride_xm  # (BLOCK_M, 1)
 
-    total_units = K // UNIT_CODES
+    chunks = K // CHUNK
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, STEPS_PER_SPLIT):
-        unit = (pid_k * STEPS_PER_SPLIT + step) * BLOCK_UNITS + units  # (BLOCK_UNITS,) global unit index
-        valid = unit < total_units
-        unit = tl.minimum(unit, total_units - 1)
-        word = row_words + unit[None, :] * UNIT_WORDS  # (BLOCK_N, BLOCK_UNITS)
+        chunk = pid_k * STEPS_PER_SPLIT + step
+        live = chunk < chunks
+        chunk = tl.where(live, chunk, 0)
+        col0 = chunk * CHUNK
+        word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
         w0 = tl.load(word)
         if UNIT_WORDS == 3:
             w1 = tl.load(word + 1)
@@ -225,17 +311,16 @@ def _gemm_kernel(
         else:
             w1 = w0
             w2 = w0
-        group = (unit * UNIT_CODES) // GROUP_SIZE  # a unit lies inside one group
-        scale = tl.load(scale_ptr + rows_safe[:, None] * groups + group[None, :]).to(tl.float32)
-        scale = tl.where(valid[None, :], scale, 0.0)  # units past K contribute nothing
-        zero = _zero_points(zero_ptr, rows_safe[:, None], group[None, :], groups, zero_words, BITS).to(tl.float32) + 8388608.0
-        for j in tl.static_range(UNIT_CODES):
-            W = (_as_biased_float(_code(w0, w1, w2, j, BITS)) - zero) * scale  # (BLOCK_N, BLOCK_UNITS) exact fp32
-            x = tl.load(x_rows + (unit * UNIT_CODES + j)[None, :])  # (BLOCK_M, BLOCK_UNITS)
-            if FP32_DOT:
-                acc += tl.dot(x, tl.trans(W), input_precision="ieee")
-            else:
-                acc += tl.dot(x, tl.trans(W.to(x.dtype)))
+        group = col0 // GROUP_SIZE
+        scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
+        scale = tl.where(live, scale, 0.0)
+        zero = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32)
+        x = tl.load(x_rows + (col0 + cols)[None, :])  # (BLOCK_M, CHUNK)
+        W = _weights_in_order(w0, w1, w2, zero, scale, magic, BITS, UNIT_WORDS, UNIT_CODES, x.dtype)  # (BLOCK_N, CHUNK)
+        if FP32_DOT:
+            acc += tl.dot(x, tl.trans(W), input_precision="ieee")
+        else:
+            acc += tl.dot(x, tl.trans(W))
     out = out_ptr + tokens[:, None].to(tl.int64) * stride_om + rows[None, :]
     mask = (tokens[:, None] < M) & (rows[None, :] < N)
     if SPLIT_K == 1:
@@ -313,7 +398,7 @@ def matmul(
     M, N, K = x2.shape[0], weight.rows, weight.cols
     common = (K, weight.packed.shape[1], weight.groups, weight.zero_point.shape[0])
     bias_arg = bias if bias is not None else x2  # any tensor; not read without HAS_BIAS
-    if M == 1:
+    if M == 1 and gemm is None:  # (a GemmConfig given for batch 1 runs the tensor-core kernel instead)
         cfg = gemv or GemvConfig()
         chunk = _gemv_chunk(weight.group_size, unit_codes, cfg.max_chunk)
         out = torch.empty(N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(N, dtype=torch.float32, device=x.device)
@@ -327,14 +412,17 @@ def matmul(
         )  # fmt: skip
     else:
         cfg = gemm or GemmConfig()
+        chunk = _gemv_chunk(weight.group_size, unit_codes, cfg.max_chunk)
+        if chunk < 16:
+            raise QuantbenchError(f"group size {weight.group_size}: the batched int kernel needs groups of at least 16 columns")
         out = torch.empty(M, N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(M, N, dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m), cfg.split_k)
         _gemm_kernel[grid](
-            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, M, N, *common, x2.stride(0), out.stride(0),
-            STEPS_PER_SPLIT=triton.cdiv(triton.cdiv(K // unit_codes, cfg.block_units), cfg.split_k),
+            x2, weight.packed, weight.scale, weight.zero_point, bias_arg, out, M, N, *common, x2.stride(0), out.stride(0), MAGIC,
             BITS=weight.bits, UNIT_WORDS=unit_words, UNIT_CODES=unit_codes, GROUP_SIZE=weight.group_size,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_UNITS=cfg.block_units, SPLIT_K=cfg.split_k,
+            CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_K=cfg.split_k,
             HAS_BIAS=bias is not None, FP32_DOT=x.dtype == torch.float32,
+            STEPS_PER_SPLIT=triton.cdiv(K // chunk, cfg.split_k),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     if out.dtype != x.dtype:  # split-K partials were summed in fp32
