@@ -47,8 +47,10 @@ def test_gptq_layer_error_at_most_rtn_for_every_linear(default_model, bits):
     inputs = sequential.capture_layer0_inputs(model, samples, "cpu", batch_size=8)
     config = GPTQConfig(bits=bits, group_size=128)  # 576 columns: four groups of 128 and one of 64
     layers = list(sequential.decoder_layers(model))[:2]
+    family = sequential.model_family(model)
     result = sequential.quantize_layers(
-        layers, inputs, "cpu", lambda layer, x, prefix, res: sequential.gptq_layer(layer, x, prefix, lambda n, W: config, res)
+        layers, inputs, "cpu", lambda layer, x, prefix, res: sequential.gptq_layer(layer, x, prefix, family, lambda n, W: config, res),
+        family.layers,
     )
     assert len(result.errors) == 2 * 7
     for name, e in result.errors.items():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantbench.arch import LAYER_LINEARS
+from quantbench.arch import FAMILIES, LAYER_LINEARS
 from quantbench.methods import sequential
 from quantbench.methods.gptq import GPTQConfig
 
 
-def test_input_groups_cover_the_arch_table_in_forward_order():
-    assert [name for group in sequential.INPUT_GROUPS for name in group] == [hf for hf, _, _ in LAYER_LINEARS]
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_input_groups_cover_the_arch_table_in_forward_order(model_type):
+    family = FAMILIES[model_type]
+    assert [name for group in family.input_groups for name in group] == [hf for hf, _, _ in family.linears]
+    assert len(family.scale_parents) == len(family.input_groups)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -42,9 +45,9 @@ def test_gptq_driver_quantizes_every_linear_and_feeds_quantized_outputs(tiny_mod
 
     def quantize(layer, layer_inputs, prefix, result):
         seen.append(torch.cat(layer_inputs.hidden).clone())
-        sequential.gptq_layer(layer, layer_inputs, prefix, lambda name, W: config, result)
+        sequential.gptq_layer(layer, layer_inputs, prefix, FAMILIES["llama"], lambda name, W: config, result)
 
-    result = sequential.quantize_layers(sequential.decoder_layers(model), inputs, "cpu", quantize)
+    result = sequential.quantize_layers(sequential.decoder_layers(model), inputs, "cpu", quantize, "model.layers")
     assert sorted(result.linears) == sorted(f"model.layers.{i}.{hf}" for i in range(2) for hf, _, _ in LAYER_LINEARS)
     for name, q in result.linears.items():
         weight = model.get_submodule(name).weight

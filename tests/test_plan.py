@@ -13,7 +13,7 @@ import torch
 
 from quantbench.arch import LLAMA_FAMILY, ArchSpec
 from quantbench.errors import QuantbenchError
-from quantbench.plan import cache_tokens_per_layer, complete_config, kv_cache_bytes, load_model_config, plan
+from quantbench.plan import complete_config, kv_cache_bytes, load_model_config, plan
 from quantbench.presets import PRESETS, find_preset
 
 GB = 10**9
@@ -103,11 +103,11 @@ def test_quantize_peak_components_for_bitsandbytes_on_gpu():
 
 
 def test_layer_by_layer_peak_counts_hessians_and_calibration():
-    from quantbench.plan import QUANTIZE_STRATEGIES, quantize_peak
+    from quantbench.recipes.strategy import LAYER_BY_LAYER, PeakInputs
 
     arch = ArchSpec.from_config(load_model_config("Llama-3.1-8B").config)
     stored = {t.name: t.numel for t in arch.tensors()}
-    peak = quantize_peak(QUANTIZE_STRATEGIES["layer-by-layer"], arch, stored, 2, 2, "cuda", 128, 2048)
+    peak = LAYER_BY_LAYER.peak(PeakInputs(arch, stored, 2, 2, "cuda", 128, 2048))
     # Hessians: one per distinct input of a layer: attention input (4096), attention output (4096),
     # MLP input (4096) and MLP activation (14336), each cols^2 fp32.
     assert peak["device_parts"]["Hessians, cols^2 fp32 per input of one layer"] == 4 * (3 * 4096**2 + 14336**2)
@@ -121,16 +121,18 @@ def test_layer_by_layer_peak_counts_hessians_and_calibration():
     assert peak["host_parts"]["source model in the working dtype"] == 4 * 8_030_261_248
 
 
-def test_strategy_lookup_by_recipe_family():
-    from quantbench.plan import strategy_for
+def test_every_recipe_names_its_own_strategy():
     from quantbench.recipes import all_recipes
 
-    strategies = {r.name: strategy_for(r)[0].name for r in all_recipes()}
+    strategies = {r.name: r.strategy.name for r in all_recipes()}
     assert strategies["bf16"] == "load-convert"
     assert strategies["bnb-nf4"] == "quantize-on-load"
-    if "gptq-w4g128" in strategies:
-        assert strategies["gptq-w4g128"] == "layer-by-layer"
-        assert strategies["rtn-w4g128"] == "fp32-model-per-tensor"
+    assert strategies["gptq-w4g128"] == "layer-by-layer"
+    assert strategies["awq-w4g128"] == "layer-by-layer"
+    assert strategies["rtn-w4g128"] == "fp32-model-per-tensor"
+    assert strategies["gguf-q4_k_m"] == "whole-model"
+    families = {r.name: r.family for r in all_recipes()}
+    assert (families["rtn-w4g128"], families["gptq-w4g128"], families["awq-w4g128"]) == ("rtn", "gptq", "awq")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,11 +248,12 @@ def test_kv_cache_bytes_match_transformers_cache(model_type, extra):
         out = model(torch.randint(0, 64, (batch, context)), use_cache=True)
     cache = getattr(out, "cache", None) or out.past_key_values
     measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    config = hf_config.to_dict()
-    arch = ArchSpec.from_config(config)
-    assert kv_cache_bytes(arch, config, context, batch, 4, "transformers") == measured
+    from quantbench.runtimes.hf import HFRuntime
+
+    arch = ArchSpec.from_config(hf_config.to_dict())
+    assert kv_cache_bytes(arch, context, batch, 4, "transformers") == measured
     if extra:
-        assert min(cache_tokens_per_layer(config, context, "transformers")) == extra["sliding_window"] - 1
+        assert min(HFRuntime.kv_cache_tokens_per_layer(arch, context)) == extra["sliding_window"] - 1
 
 
 def test_gemma2_kv_cache_by_hand():
@@ -300,7 +303,7 @@ def test_recipe_without_plan_is_reported_not_dropped(monkeypatch):
     assert result["no_plan"] == ["test-no-plan"]
     row = _method(result, "test-no-plan")
     assert row["planned"] is False and "no plan yet" in row["no_plan_reason"]
-    from quantbench.plan import format_table
+    from quantbench.report.plan_table import format_table
 
     assert "NO PLAN YET" in format_table(result)
 

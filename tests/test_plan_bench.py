@@ -11,7 +11,8 @@ import torch
 
 from conftest import build_tiny_llama
 from quantbench.arch import ArchSpec
-from quantbench.bench import BenchSettings, build_random_model, measure_bandwidth, run_bench, stored_bytes, to_markdown
+from quantbench.bench import BenchSettings, build_random_model, measure_bandwidth, run_bench, stored_bytes
+from quantbench.report.bench_table import to_markdown
 from quantbench.errors import QuantbenchError
 
 TINY = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -78,7 +79,6 @@ _ST_DTYPE = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32",
 def test_in_place_bnb_layout_equals_transformers_artifact(method, tmp_path):
     """The bench's in-place replacement writes the same tensors (names, dtypes, shapes) as the recipe's
     transformers path (BitsAndBytesConfig at load time), the JSON blob's length aside."""
-    from quantbench.bench import _bnb_method
     from quantbench.recipes import get_recipe
     from quantbench.recipes.base import QuantizeJob
     from quantbench.sources.model import ModelSource
@@ -92,7 +92,7 @@ def test_in_place_bnb_layout_equals_transformers_artifact(method, tmp_path):
 
     config = source.config()
     arch = ArchSpec.from_config(config)
-    model = _bnb_method(build_random_model(config, "cpu", torch.bfloat16, 0), recipe, arch, "cpu")
+    model = recipe.bench_apply(build_random_model(config, "cpu", torch.bfloat16, 0), arch, "cpu")
     in_place = {k: (_ST_DTYPE[v.dtype], tuple(v.shape)) for k, v in model.state_dict().items()}
 
     def without_blob(layout):

@@ -34,7 +34,8 @@ def run(args) -> int:
     import sys
 
     from quantbench.artifact import write_text_atomic
-    from quantbench.bench import BenchSettings, run_bench, to_markdown, to_text
+    from quantbench.bench import BenchSettings, run_bench
+    from quantbench.report.bench_table import to_markdown, to_text
 
     settings = BenchSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),

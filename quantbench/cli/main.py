@@ -74,7 +74,8 @@ def cmd_methods(args) -> int:
 def _dry_run(args, methods: list[str] | None) -> int:
     """Print what would be written (exact bytes, bits/weight, memory to quantize) and stop."""
     from quantbench import api
-    from quantbench.plan import format_table, plan
+    from quantbench.plan import plan
+    from quantbench.report.plan_table import format_table
 
     names = api.resolve_methods(methods)
     device = None if args.device == "auto" else args.device

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from quantbench.plan import format_table, plan
+    from quantbench.plan import plan
+    from quantbench.report.plan_table import format_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = plan(

@@ -2,13 +2,15 @@
 
 Bytes only: this module stores the weights as F32, F16, BF16 or Q8_0 (the simple types that llama.cpp's
 own converter `convert_hf_to_gguf.py` writes); the K-quant mixtures are produced afterwards by llama.cpp's
-quantizer from an F32 file written here (quantbench.recipes.gguf).
+quantizer from a lossless file written here in the source's own precision (quantbench.recipes.gguf).
+Which architectures convert, their llama.cpp name and whether q/k rows are permuted is data in
+quantbench.arch (ArchFamily.gguf_arch, rotary_permute); the type tables are in formats/gguf_types.py.
 
 What the converter does, and therefore what we do (llama.cpp `conversion/base.py`, `conversion/llama.py`):
 - tensor names come from `gguf.get_tensor_name_map(arch, n_layers)`;
 - 1-D tensors, `*_norm.weight` and everything not ending in `.weight` (biases) stay F32;
-- Llama/Mistral q_proj and k_proj rows are permuted from HF's rotate-half layout into llama.cpp's
-  interleaved-pair rotary layout (`permute_for_rotary`); Qwen2 uses NeoX rotary in llama.cpp: no permute;
+- q_proj and k_proj rows are permuted from HF's rotate-half layout into llama.cpp's interleaved-pair
+  rotary layout (`permute_for_rotary`) where the architecture record says so (Llama, Mistral);
 - tied embeddings: no `output.weight` is written (llama.cpp reuses `token_embd.weight`);
 - RoPE type "llama3" adds a `rope_freqs.weight` tensor of per-frequency factors;
 - Q8_0 needs rows that are a multiple of 32; a tensor whose row is not falls back to F16.
@@ -23,55 +25,19 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from quantbench.artifact import atomic_file
+from quantbench.arch import FAMILIES, GGUF_ARCHITECTURES, ArchSpec, text_config
 from quantbench.errors import QuantbenchError
+from quantbench.formats.gguf_types import FILE_TYPES, WRITER_TYPES, ggml_tensor_bytes, ggml_type
 
 log = logging.getLogger(__name__)
 
-# The types this writer produces. Names spelled as ggml spells them.
-WRITER_TYPES = ("F32", "F16", "BF16", "Q8_0")
-
-# HF model_type -> (gguf MODEL_ARCH name, permute q/k for llama.cpp's rotary layout)
-SUPPORTED_ARCHITECTURES = {
-    "llama": ("LLAMA", True),
-    "mistral": ("LLAMA", True),  # llama.cpp runs Mistral as arch "llama" (convert_hf_to_gguf.py: LlamaModel)
-    "qwen2": ("QWEN2", False),  # NeoX rotary in llama.cpp: rows already in the right order
-}
-
-# general.file_type for each output type (llama.cpp `llama_ftype`).
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}
-
 QK8_0 = 32  # elements per Q8_0 block (ggml-common.h)
-
-
-def ggml_type(name: str):
-    """The gguf.GGMLQuantizationType called `name` ("Q4_K", "F16", ...)."""
-    import gguf
-
-    try:
-        return gguf.GGMLQuantizationType[name]
-    except KeyError:
-        raise QuantbenchError(f"unknown ggml type '{name}'") from None
-
-
-def ggml_tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
-    """Stored bytes of a tensor of `shape` (PyTorch order, last dim = row) in ggml type `type_name`.
-
-    ggml stores rows of ne[0] = shape[-1] elements as whole blocks: (cols / block) * block_bytes per row.
-    """
-    import gguf
-
-    block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type(type_name)]
-    cols = shape[-1]
-    if cols % block:
-        raise QuantbenchError(f"row width {cols} is not a multiple of the {type_name} block ({block})")
-    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
-    return rows * (cols // block) * block_bytes
 
 
 def writer_storage_type(gguf_name: str, shape: tuple[int, ...], out_type: str) -> str:
@@ -151,33 +117,6 @@ def encode_tensor(x: np.ndarray, type_name: str) -> np.ndarray:
 # Hyperparameters and tokenizer
 
 
-def gguf_architecture(config: dict) -> tuple[str, bool]:
-    """(gguf arch name e.g. "llama", whether q/k rows need the rotary permutation) for an HF config."""
-    import gguf
-
-    model_type = config.get("model_type", "")
-    if model_type not in SUPPORTED_ARCHITECTURES:
-        raise QuantbenchError(
-            f"GGUF conversion does not support architecture '{model_type}'; supported model_type values: "
-            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}. Convert other models with llama.cpp's "
-            "convert_hf_to_gguf.py and pass the .gguf file instead."
-        )
-    arch_enum, permute = SUPPORTED_ARCHITECTURES[model_type]
-    return gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch_enum]], permute
-
-
-def rope_parameters(config: dict) -> dict:
-    """RoPE settings from a transformers 5 (`rope_parameters`) or 4 (`rope_theta`, `rope_scaling`) config."""
-    rope = dict(config.get("rope_parameters") or {})
-    if not rope:
-        rope = dict(config.get("rope_scaling") or {})
-        if "type" in rope and "rope_type" not in rope:
-            rope["rope_type"] = rope.pop("type")
-        rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    rope.setdefault("rope_type", "default")
-    return rope
-
-
 def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     """Per-frequency divisors for RoPE type "llama3" (Llama 3.1 paper / convert_hf_to_gguf.py)."""
     base = rope.get("rope_theta", 10000.0)
@@ -201,25 +140,23 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     return np.asarray(factors, dtype=np.float32)
 
 
-def _add_hparams(writer, config: dict, file_type: int, name: str) -> None:
+def _add_hparams(writer, arch: ArchSpec, file_type: int, name: str) -> None:
     import gguf
 
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
     writer.add_name(name)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_rope_dimension_count(head_dim)
-    if config.get("head_dim") is not None:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    rope = rope_parameters(config)
+    writer.add_block_count(arch.num_layers)
+    writer.add_context_length(arch.max_position_embeddings)
+    writer.add_embedding_length(arch.hidden_size)
+    writer.add_feed_forward_length(arch.intermediate_size)
+    writer.add_head_count(arch.num_heads)
+    writer.add_head_count_kv(arch.num_kv_heads)
+    writer.add_layer_norm_rms_eps(arch.rms_norm_eps)
+    writer.add_vocab_size(arch.vocab_size)
+    writer.add_rope_dimension_count(arch.head_dim)
+    if arch.head_dim_in_config:
+        writer.add_key_length(arch.head_dim)
+        writer.add_value_length(arch.head_dim)
+    rope = arch.rope
     writer.add_rope_freq_base(float(rope["rope_theta"]))
     rope_type = rope["rope_type"]
     if rope_type == "linear":
@@ -391,24 +328,34 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
     if out_type not in WRITER_TYPES:
         raise QuantbenchError(f"GGUF writer type '{out_type}' is not one of {', '.join(WRITER_TYPES)}")
     config = json.loads((model_dir / "config.json").read_text())
-    if "text_config" in config and "hidden_size" not in config:
+    if text_config(config) is not config:
         raise QuantbenchError(
             f"{model_dir}: multimodal checkpoints are not supported by quantbench's GGUF writer; "
-            f"supported model_type values: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+            f"supported model_type values: {', '.join(GGUF_ARCHITECTURES)}"
         )
-    arch_name, permute = gguf_architecture(config)
-    n_layers = config["num_hidden_layers"]
-    n_head = config["num_attention_heads"]
-    n_head_kv = config.get("num_key_value_heads") or n_head
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    tied = bool(config.get("tie_word_embeddings", False))
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[SUPPORTED_ARCHITECTURES[config["model_type"]][0]], n_layers)
+    family = FAMILIES.get(config.get("model_type", ""))
+    if family is None or family.gguf_arch is None:
+        raise QuantbenchError(
+            f"GGUF conversion does not support architecture '{config.get('model_type')}'; supported model_type values: "
+            f"{', '.join(GGUF_ARCHITECTURES)}. Convert other models with llama.cpp's convert_hf_to_gguf.py and "
+            "pass the .gguf file instead."
+        )
+    arch = ArchSpec.from_config(config)
+    gguf_arch = gguf.MODEL_ARCH[family.gguf_arch]
+    arch_name = gguf.MODEL_ARCH_NAMES[gguf_arch]
+    name_map = gguf.get_tensor_name_map(gguf_arch, arch.num_layers)
+    rotary_heads_of = {}  # HF tensor suffix -> heads whose rows are permuted for llama.cpp's rotary layout
+    if family.rotary_permute:
+        q, k = family.qk_projections
+        for suffix in (".weight", ".bias"):
+            rotary_heads_of[q + suffix] = arch.num_heads
+            rotary_heads_of[k + suffix] = arch.num_kv_heads
 
     weights = _SafetensorsFolder(model_dir)
     # (gguf name, loader, shape, ggml type) in checkpoint order; llama.cpp sorts by layer itself.
     plan: list[tuple[str, object, tuple[int, ...], str]] = []
     for hf_name in weights.keys():
-        if tied and hf_name == "lm_head.weight":
+        if arch.tie_word_embeddings and hf_name == f"{family.lm_head}.weight":
             continue  # llama.cpp reuses token_embd.weight when output.weight is absent
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed by every runtime
@@ -419,46 +366,36 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
                 "this checkpoint is not a plain Llama-family model"
             )
         shape = weights.shape(hf_name)
-        rotary_heads = None
-        if permute and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-            rotary_heads = n_head
-        elif permute and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-            rotary_heads = n_head_kv
+        rotary_heads = next((h for suffix, h in rotary_heads_of.items() if hf_name.endswith(suffix)), None)
 
         def load(hf_name=hf_name, rotary_heads=rotary_heads):
             W = weights.get(hf_name)
             return permute_for_rotary(W, rotary_heads) if rotary_heads else W
 
         plan.append((gguf_name, load, shape, writer_storage_type(gguf_name, shape, out_type)))
-    rope = rope_parameters(config)
-    if rope["rope_type"] == "llama3":
-        factors = llama3_rope_factors(rope, head_dim)
+    if arch.rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(arch.rope, arch.head_dim)
         plan.append(("rope_freqs.weight", lambda f=factors: f, factors.shape, "F32"))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp_path, arch_name)
-    try:
-        _add_hparams(writer, config, _FILE_TYPE[out_type], model_name or model_dir.name)
-        _add_tokenizer(writer, model_dir, config["vocab_size"])
-        tensor_types, tensor_bytes = {}, {}
-        for gguf_name, _, shape, type_name in plan:
-            nbytes = ggml_tensor_bytes(type_name, shape)
-            # `shape` is the element shape in PyTorch order; the writer reverses it into ggml's ne[].
-            # (A non-uint8 dtype tells add_tensor_info that the shape counts elements, not bytes.)
-            writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes, raw_dtype=ggml_type(type_name))
-            tensor_types[gguf_name] = type_name
-            tensor_bytes[gguf_name] = nbytes
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for gguf_name, load, shape, type_name in plan:
-            data = encode_tensor(load(), type_name)
-            writer.write_tensor_data(data.reshape(-1).view(np.uint8))
-        writer.close()
-        os.replace(tmp_path, out_path)
-    finally:
-        writer.close()
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_file(out_path) as tmp_path:
+        writer = gguf.GGUFWriter(tmp_path, arch_name)
+        try:
+            _add_hparams(writer, arch, FILE_TYPES[out_type].ftype, model_name or model_dir.name)
+            _add_tokenizer(writer, model_dir, arch.vocab_size)
+            tensor_types, tensor_bytes = {}, {}
+            for gguf_name, _, shape, type_name in plan:
+                nbytes = ggml_tensor_bytes(type_name, shape)
+                # `shape` is the element shape in PyTorch order; the writer reverses it into ggml's ne[].
+                # (A non-uint8 dtype tells add_tensor_info that the shape counts elements, not bytes.)
+                writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes, raw_dtype=ggml_type(type_name))
+                tensor_types[gguf_name] = type_name
+                tensor_bytes[gguf_name] = nbytes
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for gguf_name, load, shape, type_name in plan:
+                data = encode_tensor(load(), type_name)
+                writer.write_tensor_data(data.reshape(-1).view(np.uint8))
+        finally:
+            writer.close()
     return GGUFWriteResult(out_path, out_path.stat().st_size, tensor_types, tensor_bytes)

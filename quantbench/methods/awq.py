@@ -21,7 +21,7 @@ import torch
 
 from quantbench.errors import QuantbenchError
 from quantbench.methods.gptq import output_error
-from quantbench.methods.rtn import RTNConfig, group_starts, rtn_quantize, validate_grid
+from quantbench.methods.rtn import RTNConfig, rtn_quantize, validate_grid
 
 
 @dataclass(frozen=True)

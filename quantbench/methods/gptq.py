@@ -124,7 +124,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, config: GPTQConfig) -> Quant
         bits=bits,
         group_size=group_size,
         g_idx=g_idx,
-        perm=perm if config.act_order else None,
     )
 
 

@@ -56,7 +56,6 @@ class QuantizedLinear:
     # (cols,) int32 group of each column, only when it is not col // group_size (act-order with
     # groups formed in processing order, GPTQ's `desc_act` + g_idx). None: natural groups.
     g_idx: torch.Tensor | None = None
-    perm: torch.Tensor | None = None  # (cols,) order in which GPTQ visited the columns (act-order); informational
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -78,7 +77,7 @@ class QuantizedLinear:
 
     def to(self, device) -> "QuantizedLinear":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QuantizedLinear(move(self.codes), move(self.scales), move(self.zeros), self.bits, self.group_size, move(self.g_idx), move(self.perm))
+        return QuantizedLinear(move(self.codes), move(self.scales), move(self.zeros), self.bits, self.group_size, move(self.g_idx))
 
 
 def minmax_grid(W: torch.Tensor, bits: int, scale_dtype: str) -> tuple[torch.Tensor, torch.Tensor]:

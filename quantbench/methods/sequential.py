@@ -10,6 +10,9 @@
 
 Device memory: one layer, its Hessians, and the calibration activations (inputs and outputs of the
 current layer). The model itself stays in host memory.
+
+Where the layers live, which linears read the same activation and which op each group's scale folds
+into are the architecture record's (quantbench.arch.ArchFamily), passed in as `family`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from quantbench.arch import FAMILIES, ArchFamily, ArchSpec
 from quantbench.errors import QuantbenchError
 from quantbench.methods.awq import AWQConfig, clip_search, fold_scale_into_parent, scale_search
 from quantbench.methods.gptq import GPTQConfig, HessianAccumulator, gptq_quantize, output_error
@@ -28,23 +32,6 @@ from quantbench.device import peak_rss_bytes
 from quantbench.methods.rtn import QuantizedLinear, RTNConfig, rtn_quantize
 
 log = logging.getLogger(__name__)
-
-# Linears of one Llama-family decoder layer, grouped by the activation they read, in forward order
-# (the names of quantbench.arch.LAYER_LINEARS). Each group shares one Hessian.
-INPUT_GROUPS = (
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    ("self_attn.o_proj",),
-    ("mlp.gate_proj", "mlp.up_proj"),
-    ("mlp.down_proj",),
-)
-# The op whose output each group reads; AWQ folds 1/s into it. v_proj -> o_proj only works when the
-# attention has as many value heads as query heads (no GQA); otherwise that group is not scaled.
-SCALE_PARENTS = ("input_layernorm", "self_attn.v_proj", "post_attention_layernorm", "mlp.up_proj")
-# AWQ does not clip q/k: their errors pass through the softmax, which the output loss does not see (llm-awq).
-NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
-# Norms that scale by (1 + weight): folding 1/s into them is different, and their layers are ordered differently.
-_OFFSET_NORM_MODELS = ("gemma", "gemma2", "gemma3_text")
-
 
 @dataclass
 class LayerInputs:
@@ -67,11 +54,20 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the wanted activation has been seen."""
 
 
+def model_family(model) -> ArchFamily:
+    """The architecture record of a transformers model."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in FAMILIES:
+        raise QuantbenchError(f"{type(model).__name__}: model_type '{model_type}' is not one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
+    family = model_family(model)
     try:
-        return model.model.layers
+        return model.get_submodule(family.layers)
     except AttributeError:
-        raise QuantbenchError(f"{type(model).__name__}: no model.layers; layer-by-layer quantization knows the Llama-family layout only") from None
+        raise QuantbenchError(f"{type(model).__name__}: no {family.layers}, where {family.model_type} models keep their layers") from None
 
 
 @torch.no_grad()
@@ -79,8 +75,10 @@ def capture_layer0_inputs(model, samples: list[list[int]], device: str, batch_si
     """Run embeddings (on the device) and stop at decoder layer 0, keeping what it would receive."""
     if not samples or len({len(s) for s in samples}) != 1:
         raise QuantbenchError("calibration samples must be non-empty and of equal length")
-    inner = model.model
-    moved = [m for m in (inner.embed_tokens, getattr(inner, "rotary_emb", None)) if m is not None]
+    family = model_family(model)
+    inner = model.get_submodule(family.decoder)
+    moved = [_submodule(model, name) for name in (family.embed, family.rotary)]
+    moved = [m for m in moved if m is not None]
     for m in moved:
         m.to(device)
     hidden, kwargs = [], []
@@ -104,6 +102,13 @@ def capture_layer0_inputs(model, samples: list[list[int]], device: str, batch_si
         for m in moved:
             m.to("cpu")
     return LayerInputs(hidden, kwargs)
+
+
+def _submodule(model, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _layer_output(out):
@@ -174,13 +179,16 @@ def _set_weight(module, W: torch.Tensor) -> None:
 ConfigFor = Callable[[str, torch.Tensor], "GPTQConfig | AWQConfig"]
 
 
-def gptq_layer(layer, inputs: LayerInputs, prefix: str, config_for: ConfigFor, result: SequentialResult, true_sequential: bool = True) -> None:
+def gptq_layer(
+    layer, inputs: LayerInputs, prefix: str, family: ArchFamily, config_for: ConfigFor, result: SequentialResult, true_sequential: bool = True
+) -> None:
     """GPTQ every linear of one layer, in place (weights replaced by their dequantized values)."""
-    groups = INPUT_GROUPS if true_sequential else (tuple(n for g in INPUT_GROUPS for n in g),)
+    input_groups = family.input_groups
+    groups = input_groups if true_sequential else (tuple(n for g in input_groups for n in g),)
     for names in groups:
-        first_of_group = [g[0] for g in INPUT_GROUPS if g[0] in names]
+        first_of_group = [g[0] for g in input_groups if g[0] in names]
         stats = observe_inputs(layer, inputs, first_of_group, stop=True)
-        for group in INPUT_GROUPS:
+        for group in input_groups:
             if group[0] not in stats:
                 continue
             H = stats[group[0]].hessian.H  # (cols, cols), shared by the group
@@ -197,13 +205,14 @@ def gptq_layer(layer, inputs: LayerInputs, prefix: str, config_for: ConfigFor, r
             del stats[group[0]]
 
 
-def awq_layer(layer, inputs: LayerInputs, prefix: str, config_for: ConfigFor, result: SequentialResult) -> None:
+def awq_layer(layer, inputs: LayerInputs, prefix: str, family: ArchFamily, config_for: ConfigFor, result: SequentialResult) -> None:
     """AWQ one layer in place: search and fold per-channel scales, clip, round to nearest."""
-    stats = observe_inputs(layer, inputs, [g[0] for g in INPUT_GROUPS], stop=False)
-    original = {n: layer.get_submodule(n).weight.detach().float().clone() for g in INPUT_GROUPS for n in g}
+    input_groups = family.input_groups
+    stats = observe_inputs(layer, inputs, [g[0] for g in input_groups], stop=False)
+    original = {n: layer.get_submodule(n).weight.detach().float().clone() for g in input_groups for n in g}
     in_scale: dict[str, torch.Tensor] = {}  # group's first module -> s (cols,): the group now reads X / s
     out_scale: dict[str, torch.Tensor] = {}  # linear parent -> s: its outputs are now divided by s
-    for names, parent_name in zip(INPUT_GROUPS, SCALE_PARENTS):
+    for names, parent_name in zip(input_groups, family.scale_parents):
         modules = [layer.get_submodule(n) for n in names]
         parent = layer.get_submodule(parent_name)
         cols = modules[0].weight.shape[1]
@@ -220,7 +229,7 @@ def awq_layer(layer, inputs: LayerInputs, prefix: str, config_for: ConfigFor, re
         if isinstance(parent, torch.nn.Linear):
             out_scale[parent_name] = s
         result.notes.append(f"{prefix}.{names[0]}: AWQ scale exponent alpha={alpha:.2f}")
-    for names in INPUT_GROUPS:
+    for names in input_groups:
         H0 = stats[names[0]].hessian.H  # original inputs X
         s_in = in_scale.get(names[0], torch.ones(H0.shape[0], device=H0.device))
         H = H0 / torch.outer(s_in, s_in)  # inputs X / s
@@ -228,7 +237,7 @@ def awq_layer(layer, inputs: LayerInputs, prefix: str, config_for: ConfigFor, re
             module = layer.get_submodule(name)
             config = config_for(f"{prefix}.{name}", module.weight)
             W = module.weight.detach().float()  # (rows, cols), scaled
-            if config.clip and name not in NO_CLIP:
+            if config.clip and name not in family.no_clip:
                 W = clip_search(W, H, config)
             q = rtn_quantize(W, RTNConfig(config.bits, config.group_size, config.scale_dtype))
             W_hat = q.dequantize()  # (rows, cols)
@@ -248,10 +257,13 @@ def quantize_layers(
     inputs: LayerInputs,
     device: str,
     quantize_layer: Callable[[torch.nn.Module, LayerInputs, str, SequentialResult], None],
-    prefix: str = "model.layers",
+    prefix: str,
     offload: bool = True,
 ) -> SequentialResult:
-    """The loop: each layer to the device, quantize it, feed its quantized outputs to the next."""
+    """The loop: each layer to the device, quantize it, feed its quantized outputs to the next.
+
+    `prefix` names the layers' ModuleList in the model (ArchFamily.layers), for the result's module names.
+    """
     result = SequentialResult()
     on_cuda = str(device).startswith("cuda")
     if on_cuda:
@@ -274,6 +286,9 @@ def quantize_layers(
     return result
 
 
-def check_awq_supported(model_type: str) -> None:
-    if model_type in _OFFSET_NORM_MODELS:
-        raise QuantbenchError(f"AWQ here folds scales into Llama-style RMSNorm weights; '{model_type}' norms scale by (1 + w). Use GPTQ or RTN for this model.")
+def check_awq_supported(arch: ArchSpec) -> None:
+    if arch.family.norm_offset:
+        raise QuantbenchError(
+            f"AWQ here folds scales into Llama-style RMSNorm weights; '{arch.model_type}' norms scale by (1 + w). "
+            "Use GPTQ or RTN for this model."
+        )

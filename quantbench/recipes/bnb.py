@@ -17,6 +17,7 @@ import torch
 from quantbench.arch import LINEAR
 from quantbench.device import best_half_dtype
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
+from quantbench.recipes.strategy import QUANTIZE_ON_LOAD
 from quantbench.runtimes.hf import HFRuntime
 
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default 4-bit block size
@@ -39,6 +40,8 @@ class BnbSettings:
 class BnbRecipe(Recipe):
     family = "bitsandbytes"
     runtime = "transformers"
+    strategy = QUANTIZE_ON_LOAD
+    in_place = True
 
     def __init__(self, name: str, settings: BnbSettings, description: str):
         self.name = name
@@ -82,7 +85,7 @@ class BnbRecipe(Recipe):
     def open(self, artifact: Path, device: str) -> HFRuntime:
         return HFRuntime.load(artifact, device)
 
-    def plan_tensor(self, tensor, arch, device: str = "cuda", resident: bool = False) -> TensorPlan:
+    def plan_tensor(self, tensor, arch, device="cuda", resident=False) -> TensorPlan:
         """Exact bytes of one tensor as bitsandbytes 0.50.2 stores it through transformers.
 
         Only the decoder's linears are quantized; every other tensor stays in the load dtype
@@ -110,10 +113,8 @@ class BnbRecipe(Recipe):
         import json
 
         n = tensor.numel
-        load_dtype = best_half_dtype("cpu") if device == "cpu" else torch.bfloat16
-        if device != "cpu" and torch.cuda.is_available():
-            load_dtype = best_half_dtype(device)
-        half_bytes = torch.tensor([], dtype=load_dtype).element_size()
+        load_dtype = self.compute_dtype(device)
+        half_bytes = load_dtype.itemsize
         load_dtype_name = str(load_dtype).removeprefix("torch.")
         if tensor.role != LINEAR:
             return TensorPlan(tensor.name, n, n * half_bytes, False, f"{load_dtype_name} (not quantized)")
@@ -140,6 +141,37 @@ class BnbRecipe(Recipe):
         state = blocks + nested_blocks * 4 + NESTED_CODE_ENTRIES * 4 + code_table + json_bytes
         return TensorPlan(tensor.name, n, packed + state, True, f"{s.quant_type} + double-quant absmax (uint8/64, fp32/256*64)")
 
+    def bench_apply(self, model, arch, device):
+        """Replace every decoder linear with the bitsandbytes module transformers' integration creates,
+        quantized on the device; the half-precision weight is freed as each one is replaced."""
+        import bitsandbytes as bnb
+
+        s = self.settings
+        for tensor in arch.tensors():
+            if tensor.role != LINEAR:
+                continue
+            parent_path, _, child_name = tensor.name.removesuffix(".weight").rpartition(".")
+            parent = model.get_submodule(parent_path)
+            old = getattr(parent, child_name)
+            bias = old.bias
+            if s.bits == 8:
+                new = bnb.nn.Linear8bitLt(old.in_features, old.out_features, bias=bias is not None,
+                                          has_fp16_weights=False, threshold=s.int8_threshold, device="meta")
+                new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=False)
+            else:
+                new = bnb.nn.Linear4bit(old.in_features, old.out_features, bias=bias is not None, compute_dtype=model.dtype,
+                                        compress_statistics=s.double_quant, quant_type=s.quant_type,
+                                        quant_storage=torch.uint8, device="meta")
+                new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, compress_statistics=s.double_quant,
+                                               quant_type=s.quant_type, quant_storage=torch.uint8, module=new)
+            new.weight._quantize(device)  # bitsandbytes' own quantization, on the device (what .to(device) does)
+            if bias is not None:
+                new.bias = torch.nn.Parameter(bias.data, requires_grad=False)
+            new.eval()
+            setattr(parent, child_name, new)
+            del old
+        return model
+
 
 def _cpu_repacks_4bit() -> bool:
     """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel at the first forward."""
@@ -156,15 +188,11 @@ def check_saved_absmax(folder: Path) -> None:
     bf16, shape (cols/64, rows)) and save_pretrained does not undo it for nf4/fp4: the file then
     reloads with wrong scales. quantize never runs a forward before saving, so this guards a regression.
     """
-    import json
-    import struct
-
     from quantbench.errors import QuantbenchError
+    from quantbench.formats.safetensors import read_header
 
     for shard in folder.glob("*.safetensors"):
-        with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+        header = read_header(shard)
         for name, info in header.items():
             if name.endswith(".absmax") and not name.endswith("nested_absmax") and info["dtype"] not in ("F32", "U8"):
                 raise QuantbenchError(

@@ -7,12 +7,15 @@ from pathlib import Path
 import torch
 
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
+from quantbench.recipes.strategy import LOAD_CONVERT
 from quantbench.runtimes.hf import HFRuntime
 
 
 class FloatRecipe(Recipe):
     family = "float"
     runtime = "transformers"
+    strategy = LOAD_CONVERT
+    in_place = True
 
     def __init__(self, name: str, dtype: torch.dtype):
         self.name = name
@@ -35,9 +38,14 @@ class FloatRecipe(Recipe):
     def open(self, artifact: Path, device: str) -> HFRuntime:
         return HFRuntime.load(artifact, device, dtype=self.dtype)
 
-    def plan_tensor(self, tensor, arch) -> TensorPlan:
-        size = torch.tensor([], dtype=self.dtype).element_size()
-        return TensorPlan(tensor.name, tensor.numel, tensor.numel * size, False, self.name)
+    def plan_tensor(self, tensor, arch, device="cuda", resident=False) -> TensorPlan:
+        return TensorPlan(tensor.name, tensor.numel, tensor.numel * self.dtype.itemsize, False, self.name)
+
+    def compute_dtype(self, device: str) -> torch.dtype:
+        return self.dtype
+
+    def bench_apply(self, model, arch, device):
+        return model  # built in this dtype already
 
 
 register(FloatRecipe("fp32", torch.float32))

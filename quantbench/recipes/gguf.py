@@ -3,288 +3,57 @@
 - `gguf-f32`, `gguf-f16`, `gguf-bf16`, `gguf-q8_0`: written directly by quantbench's GGUF writer
   (formats/gguf_writer.py), as llama.cpp's convert_hf_to_gguf.py writes them.
 - `gguf-q6_k` ... `gguf-iq4_nl`: the writer produces a lossless intermediate GGUF (the source's own
-  precision), then llama.cpp's own quantizer (`llama_model_quantize`) produces the file type, with its
-  per-tensor mixture rules.
+  precision), then llama.cpp's own quantizer (runtimes/llamacpp.py quantize_with_llama_cpp) produces
+  the file type, with its per-tensor mixture rules (methods/gguf_mixture.py, which plan_tensor follows).
 - `-imat` variants: quantbench computes the importance matrix on the full-precision reference model
   from the calibration split (methods/imatrix.py) and hands it to the quantizer.
 
-`plan_tensor` reproduces llama.cpp's per-tensor type choice (src/llama-quant.cpp,
-llama_tensor_get_type, llama-cpp-python 0.3.36's vendored llama.cpp) for dense Llama-family models;
-tests check it against the types llama.cpp actually writes.
+The type tables (file types, ggml types, sizes) are in formats/gguf_types.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from quantbench.artifact import atomic_file
 from quantbench.errors import QuantbenchError
-from quantbench.formats.gguf_writer import (
-    SUPPORTED_ARCHITECTURES,
+from quantbench.formats.gguf_types import (
+    FILE_TYPES,
+    QUANTIZER_TYPES,
+    UNQUANTIZED,
     WRITER_TYPES,
+    GGUFFileType,
     ggml_tensor_bytes,
-    write_gguf,
-    writer_storage_type,
+    read_tensor_types,
 )
+from quantbench.formats.gguf_writer import write_gguf, writer_storage_type
+from quantbench.methods.gguf_mixture import MixtureContext, llama_cpp_tensor_type
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
+from quantbench.recipes.strategy import WHOLE_MODEL
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FILE = "model.gguf"
-UNQUANTIZED = ("F32", "F16", "BF16")
-
-
-@dataclass(frozen=True)
-class GGUFFileType:
-    name: str  # llama.cpp's spelling, e.g. "Q4_K_M"
-    ftype: int  # llama_ftype (llama.h LLAMA_FTYPE_MOSTLY_*), written as general.file_type
-    base: str  # the ggml type most tensors get (llama-quant.cpp llama_ftype_get_default_type)
-    description: str
-
-
-# llama.h / llama-quant.cpp. Bits per weight in the descriptions are llama.cpp's for Llama-3-8B-sized
-# models (tools/quantize/README.md) and differ on small models, where fallbacks dominate.
-FILE_TYPES = {
-    ft.name: ft
-    for ft in (
-        GGUFFileType("F32", 0, "F32", "every tensor in fp32"),
-        GGUFFileType("F16", 1, "F16", "2-D tensors in fp16, norms in fp32"),
-        GGUFFileType("BF16", 32, "BF16", "2-D tensors in bf16, norms in fp32"),
-        GGUFFileType("Q8_0", 7, "Q8_0", "8-bit, one fp16 scale per 32 (8.5 bpw)"),
-        GGUFFileType("Q6_K", 18, "Q6_K", "6-bit K-quant (6.56 bpw)"),
-        GGUFFileType("Q5_K_M", 17, "Q5_K", "5-bit K-quant, attn_v/ffn_down partly Q6_K"),
-        GGUFFileType("Q5_K_S", 16, "Q5_K", "5-bit K-quant"),
-        GGUFFileType("Q4_K_M", 15, "Q4_K", "4-bit K-quant, attn_v/ffn_down partly Q6_K (llama.cpp's usual default)"),
-        GGUFFileType("Q4_K_S", 14, "Q4_K", "4-bit K-quant, first layers' attn_v/ffn_down Q5_K"),
-        GGUFFileType("Q4_0", 2, "Q4_0", "4-bit, one fp16 scale per 32 (4.5 bpw)"),
-        GGUFFileType("Q3_K_M", 12, "Q3_K", "3-bit K-quant, attn_v/attn_output/ffn_down at 4-5 bits"),
-        GGUFFileType("Q3_K_S", 11, "Q3_K", "3-bit K-quant"),
-        GGUFFileType("Q2_K", 10, "Q2_K", "2-bit K-quant, attn_v/attn_output/ffn_down at 3-4 bits"),
-        GGUFFileType("IQ4_XS", 30, "IQ4_XS", "4-bit non-linear grid, super-blocks of 256 (4.25 bpw)"),
-        GGUFFileType("IQ4_NL", 25, "IQ4_NL", "4-bit non-linear grid, blocks of 32 (4.5 bpw)"),
-    )
-}
-QUANTIZER_TYPES = tuple(n for n in FILE_TYPES if n not in WRITER_TYPES)
-
-# ---------------------------------------------------------------------------------------------------
-# llama.cpp's per-tensor type choice (src/llama-quant.cpp), for dense Llama-family models
-
-
-@dataclass(frozen=True)
-class MixtureContext:
-    """What llama_tensor_get_type reads about the model besides the tensor itself."""
-
-    gguf_arch: str  # "llama" or "qwen2"
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    tied_embeddings: bool  # no output.weight in the file: token_embd doubles as the output matrix
-    has_imatrix: bool
-
-    @property
-    def n_gqa(self) -> int:
-        return self.n_head // self.n_head_kv  # llama_hparams::n_gqa, integer division
-
-    @property
-    def is_70b(self) -> bool:
-        """llama.cpp's LLM_TYPE_70B: llama with 80 layers and GQA, qwen2 with 80 layers."""
-        if self.n_layer != 80:
-            return False
-        return self.gguf_arch == "qwen2" or (self.gguf_arch == "llama" and self.n_head != self.n_head_kv)
-
-    @classmethod
-    def from_arch(cls, arch, has_imatrix: bool) -> "MixtureContext":
-        if arch.model_type not in SUPPORTED_ARCHITECTURES:
-            raise QuantbenchError(
-                f"GGUF methods do not support architecture '{arch.model_type}'; supported model_type values: "
-                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-            )
-        gguf_arch = SUPPORTED_ARCHITECTURES[arch.model_type][0].lower()
-        return cls(gguf_arch, arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.tie_word_embeddings, has_imatrix)
-
-
-def _block_size(type_name: str) -> int:
-    import gguf
-
-    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0]
-
-
-def _category(name: str) -> str:
-    """llama-quant.cpp tensor_get_category (the categories a dense model has)."""
-    if name == "output.weight":
-        return "output"
-    if name == "token_embd.weight":
-        return "token_embd"
-    for key, category in (
-        ("attn_qkv.weight", "attn_qkv"),
-        ("attn_v.weight", "attn_v"),
-        ("attn_k.weight", "attn_k"),
-        ("attn_q.weight", "attn_q"),
-        ("attn_output.weight", "attn_output"),
-        ("ffn_up", "ffn_up"),
-        ("ffn_gate", "ffn_gate"),
-        ("ffn_down", "ffn_down"),
-    ):
-        if key in name:
-            return category
-    return "other"
-
-
-def _use_more_bits(i_layer: int, n_layer: int) -> bool:
-    """llama-quant.cpp use_more_bits: the first and last eighth of the layers, and every third between."""
-    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
-
-
-# Rows that are not whole super-blocks fall back (llama-quant.cpp tensor_type_fallback).
-_FALLBACK = {"IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-
-
-def _fallback(type_name: str, cols: int) -> str:
-    if cols % _block_size(type_name) == 0:
-        return type_name
-    fallback = _FALLBACK.get(type_name, type_name)
-    if cols % _block_size(fallback):
-        return "F16"  # "must use F16 due to unusual shape"
-    return fallback
-
-
-def llama_cpp_tensor_type(gguf_name: str, shape: tuple[int, ...], file_type: str, ctx: MixtureContext, layer: int | None, source_type: str = "F32") -> str:
-    """The ggml type llama.cpp's quantizer gives one tensor (llama_tensor_get_type, dense models).
-
-    `shape` is PyTorch order (rows, cols); `layer` the decoder layer. For dense models llama.cpp's
-    counters i_attention_wv and i_ffn_down equal the layer index, since it visits tensors sorted by layer.
-    `source_type` is the tensor's type in the input file, kept by tensors that are never quantized.
-    """
-    ft = FILE_TYPES[file_type]
-    # tensor_allows_quantization: 2-D "...weight" tensors except norms
-    if len(shape) < 2 or not gguf_name.endswith("weight") or "_norm.weight" in gguf_name:
-        return source_type
-    if ft.base in UNQUANTIZED:
-        return ft.base
-    cols = shape[-1]
-    category = _category(gguf_name)
-    new = ft.base
-    name = ft.name
-    n = ctx.n_layer
-    i = layer if layer is not None else 0
-    if category == "output" or (ctx.tied_embeddings and category == "token_embd"):
-        if cols % _block_size(new):
-            new = "Q8_0"
-        elif new != "Q8_0":
-            new = "Q6_K"
-    elif category == "token_embd":
-        pass  # only the IQ1/IQ2/IQ3_XXS/TQ file types change it
-    elif category in ("attn_v", "attn_qkv"):
-        if name == "Q2_K":
-            new = "Q4_K" if ctx.n_gqa >= 4 else "Q3_K"
-        elif name == "Q3_K_M":
-            new = "Q5_K" if i < 2 else "Q4_K"
-        elif name == "Q3_K_L":
-            new = "Q5_K"
-        elif name in ("IQ4_NL", "IQ4_XS") and ctx.n_gqa >= 4:
-            new = "Q5_K"
-        elif name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, n):
-            new = "Q6_K"
-        elif name == "Q4_K_S" and i < 4:
-            new = "Q5_K"
-        if ctx.is_70b and new in ("Q3_K", "Q4_K"):
-            new = "Q5_K"  # attn_v is 8x smaller than attn_q on 70B: more bits cost little
-    elif category == "ffn_down":
-        if name == "Q2_K":
-            new = "Q3_K"
-        elif name == "Q3_K_M":
-            new = "Q5_K" if i < n // 16 else "Q4_K"
-        elif name == "Q3_K_L":
-            new = "Q5_K"
-        elif name == "Q4_K_M":
-            if _use_more_bits(i, n):
-                new = "Q6_K"
-        elif i < n // 8 and name in ("IQ4_NL", "IQ4_XS") and not ctx.has_imatrix:
-            new = "Q5_K"
-        elif name == "Q5_K_M" and _use_more_bits(i, n):
-            new = "Q6_K"
-        elif name == "Q4_K_S" and i < n // 8:
-            new = "Q5_K"
-        elif name in ("Q4_0", "Q5_0") and ctx.has_imatrix and i < n // 8:
-            new = "Q4_1" if name == "Q4_0" else "Q5_1"
-    elif category == "attn_output":
-        if name == "Q2_K":
-            new = "Q3_K"
-        elif name == "Q3_K_M":
-            new = "Q4_K"
-        elif name == "Q3_K_L":
-            new = "Q5_K"
-    return _fallback(new, cols)
-
-
-# ---------------------------------------------------------------------------------------------------
-# llama.cpp's quantizer
-
-
-def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None, nthread: int | None = None) -> None:
-    """llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
-
-    `imatrix` maps GGUF tensor names to (cols,) float32 mean squared activations; it reaches the C
-    quantizer as llama.h's array of llama_model_imatrix_data {name, data, size}, ended by a NULL name.
-    """
-    from quantbench.runtimes.llamacpp import cpu_threads, import_llama_cpp, recent_log, route_llama_cpp_logs
-
-    lc = import_llama_cpp()
-    route_llama_cpp_logs()
-    params = lc.llama_model_quantize_default_params()
-    params.ftype = FILE_TYPES[file_type].ftype
-    params.nthread = nthread or cpu_threads()
-    keep_alive = []
-    if imatrix:
-        entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for k, (name, values) in enumerate(sorted(imatrix.items())):
-            v = np.ascontiguousarray(values, dtype=np.float32)
-            encoded = name.encode("utf-8")
-            keep_alive += [v, encoded]
-            entries[k].name = encoded
-            entries[k].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[k].size = v.size
-        entries[len(imatrix)].name = None
-        keep_alive.append(entries)
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(lc.llama_model_imatrix_data))
-    recent_log.clear()
-    rc = lc.llama_model_quantize(str(source).encode("utf-8"), str(target).encode("utf-8"), ctypes.byref(params))
-    if rc != 0:
-        tail = "\n".join(list(recent_log)[-8:])
-        raise QuantbenchError(f"llama.cpp could not quantize {source.name} to {file_type}:\n{tail}")
 
 
 def _lossless_writer_type(model_dir: Path) -> str:
     """The writer type that holds the source weights exactly: BF16/F16 for 16-bit checkpoints, else F32."""
-    import struct
+    from quantbench.formats.safetensors import read_header
 
     dtypes = set()
     for shard in sorted(model_dir.glob("*.safetensors")):
-        with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2}
+        dtypes |= {v["dtype"] for v in read_header(shard).values() if len(v["shape"]) == 2}
     if dtypes == {"BF16"}:
         return "BF16"
     if dtypes == {"F16"}:
         return "F16"
     return "F32"
-
-
-def read_tensor_types(path: Path) -> dict[str, tuple[str, int]]:
-    """GGUF tensor name -> (ggml type name, stored bytes), read back with the gguf package's reader."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    return {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,9 +81,8 @@ def imatrix_for_job(job: QuantizeJob, arch) -> tuple[dict[str, np.ndarray], dict
         values = {names[k]: v.numpy() for k, v in result.values.items() if k in names}
         tokens = result.tokens
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.stem + f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, __tokens__=np.array(tokens), **values)
-        os.replace(tmp, cached)
+        with atomic_file(cached) as tmp:
+            np.savez(tmp, __tokens__=np.array(tokens), **values)
     missing = sorted(set(names.values()) - set(values))
     if missing:
         raise QuantbenchError(f"the importance matrix has no data for {missing[0]} (and {len(missing) - 1} more)")
@@ -328,6 +96,8 @@ def imatrix_for_job(job: QuantizeJob, arch) -> tuple[dict[str, np.ndarray], dict
 class GGUFRecipe(Recipe):
     family = "gguf"
     runtime = "llama.cpp"
+    # llama.cpp's quantize maps its whole input file (the writer's own types stream, but are planned alike)
+    strategy = WHOLE_MODEL
 
     def __init__(self, file_type: GGUFFileType, imatrix: bool = False):
         self.file_type = file_type
@@ -367,9 +137,10 @@ class GGUFRecipe(Recipe):
                 imatrix = None
                 if self.imatrix:
                     imatrix, meta["imatrix"] = imatrix_for_job(job, arch)
-                tmp = out.with_name(out.name + ".tmp")
-                quantize_with_llama_cpp(intermediate, tmp, self.file_type.name, imatrix)
-                os.replace(tmp, out)
+                from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
+
+                with atomic_file(out) as tmp:
+                    quantize_with_llama_cpp(intermediate, tmp, self.file_type.name, imatrix)
             finally:
                 intermediate.unlink(missing_ok=True)
             meta["writer"] = f"llama.cpp llama_model_quantize from {intermediate_type}"
@@ -410,7 +181,12 @@ class GGUFRecipe(Recipe):
         path = artifact / ARTIFACT_FILE if artifact.is_dir() else artifact
         return LlamaCppRuntime(path)
 
-    def plan_tensor(self, tensor, arch) -> TensorPlan:
+    def compute_dtype(self, device: str):
+        import torch
+
+        return torch.float16  # llama.cpp's default KV-cache type; activations are planned at the same 2 bytes
+
+    def plan_tensor(self, tensor, arch, device="cuda", resident=False) -> TensorPlan:
         ctx = MixtureContext.from_arch(arch, self.imatrix)
         if tensor.gguf_name is None:
             raise QuantbenchError(f"{tensor.name} has no GGUF name")
@@ -418,7 +194,9 @@ class GGUFRecipe(Recipe):
             type_name = writer_storage_type(tensor.gguf_name, tensor.shape, self.file_type.name)
         else:
             source = writer_storage_type(tensor.gguf_name, tensor.shape, "F32")
-            type_name = llama_cpp_tensor_type(tensor.gguf_name, tensor.shape, self.file_type.name, ctx, tensor.layer, source)
+            type_name = llama_cpp_tensor_type(
+                tensor.gguf_name, tensor.shape, self.file_type.name, self.file_type.base, ctx, tensor.layer, source
+            )
         return TensorPlan(
             tensor.name,
             tensor.numel,

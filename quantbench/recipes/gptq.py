@@ -1,210 +1,25 @@
-"""Integer-grid weight-only recipes: round-to-nearest, GPTQ and AWQ, written as compressed-tensors.
+"""GPTQ (Frantar et al., 2023) on an asymmetric integer grid, layer by layer, as compressed-tensors.
 
-Names: `rtn-w{2,3,4,8}g{32,64,128}`, `gptq-w{2,3,4,8}g{32,64,128}`, `gptq-w{3,4}g128-act` (act-order
-with static groups), `awq-w4g128`. Every linear of every decoder layer is quantized; embeddings,
-norms and an untied lm_head are stored unquantized in 16 bits.
-
-Options (QuantizeJob.options): `samples`, `length` (calibration; recorded), `damp` (GPTQ, 0.01),
-`act_order` (GPTQ, bool), `true_sequential` (GPTQ, default True), `batch_size` (samples per forward
-chunk), `dtype` ("float16" or "bfloat16": unquantized tensors and scales).
-
-The group size of the name is a request: compressed-tensors needs one group size that divides every
-linear's input width, so a model whose widths it does not divide gets the largest power-of-two
-fraction of it that does (SmolLM2-135M: hidden 576 -> g128 becomes g64), recorded as `group_size`
-beside `requested_group_size` in the metadata and in the size plan.
+Names `gptq-w{2,3,4,8}g{32,64,128}`, and `gptq-w{3,4}g128-act` (act-order with static groups). The
+algorithm is methods/gptq.py; options (QuantizeOptions): `damp`, `act_order`, `true_sequential`.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
 from dataclasses import asdict
-from pathlib import Path
 
-import torch
-
-from quantbench.arch import LINEAR, ArchSpec, TensorSpec
-from quantbench.errors import QuantbenchError
-from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
-
-log = logging.getLogger(__name__)
-
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json", "chat_template.jinja")
-
-
-def linear_input_widths(arch: ArchSpec) -> list[int]:
-    return [t.shape[1] for t in arch.tensors() if t.role == LINEAR]
-
-
-class IntGridRecipe(Recipe):
-    family = "gptq"
-    runtime = "transformers"
-    algorithm = ""
-
-    def __init__(self, name: str, bits: int, group_size: int, description: str):
-        self.name, self.bits, self.group_size, self.description = name, bits, group_size, description
-
-    # -- what every integer-grid recipe shares --------------------------------------------------
-    def unavailable_reason(self, device: str) -> str | None:
-        try:
-            import compressed_tensors  # noqa: F401
-        except ImportError:
-            return "the compressed-tensors package is missing: pip install compressed-tensors==0.20.0"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            return "no CUDA GPU on this machine; use --device cpu"
-        return None
-
-    def effective_group_size(self, arch: ArchSpec) -> int:
-        from quantbench.formats.compressed_tensors import model_group_size
-
-        return model_group_size(self.group_size, linear_input_widths(arch))
-
-    def plan_tensor(self, tensor: TensorSpec, arch: ArchSpec) -> TensorPlan:
-        from quantbench.formats.compressed_tensors import linear_bytes
-
-        if tensor.role == LINEAR:
-            rows, cols = tensor.shape
-            group = self.effective_group_size(arch)
-            storage = f"int{self.bits} g{group} asym + fp16 scales + int{self.bits} zeros (compressed-tensors pack-quantized)"
-            return TensorPlan(tensor.name, tensor.numel, linear_bytes(rows, cols, self.bits, group), True, storage)
-        return TensorPlan(tensor.name, tensor.numel, tensor.numel * 2, False, "fp16")
-
-    def open(self, artifact: Path, device: str):
-        from quantbench.runtimes.hf import HFRuntime
-
-        # On CPU, compute in fp32 (fp16 matmuls there are slow and imprecise); the stored fp16 values
-        # and the dequantized weights are exact in fp32.
-        return HFRuntime.load(artifact, device, dtype=torch.float32 if device == "cpu" else None)
-
-    def quantize(self, job: QuantizeJob) -> dict:
-        from transformers import AutoModelForCausalLM
-
-        from quantbench.formats.compressed_tensors import write_checkpoint
-
-        dtype_name = job.options.get("dtype", "float16")
-        if dtype_name not in STORAGE_DTYPES:
-            raise QuantbenchError(f"dtype={dtype_name!r}: choose float16 or bfloat16")
-        arch = ArchSpec.from_config(job.source.config())
-        group_size = self.effective_group_size(arch)
-        if group_size != self.group_size:
-            log.warning("%s: group size %d does not divide every linear's input width; using %d", self.name, self.group_size, group_size)
-        model = AutoModelForCausalLM.from_pretrained(job.source.path, dtype=torch.float32, trust_remote_code=job.source.trust_remote_code)
-        model.eval()
-        metadata = self.quantize_model(model, arch, job, group_size, dtype_name)
-        result = metadata.pop("_result")
-
-        state = model.state_dict()
-        dense = {t.name: state[t.name] for t in arch.tensors() if t.role != LINEAR}
-        written = write_checkpoint(
-            job.out_dir, job.source.config(), dense, result, STORAGE_DTYPES[dtype_name], ignore=["lm_head"]
-        )
-        for name in _TOKENIZER_FILES:
-            if (job.source.path / name).is_file():
-                shutil.copy2(job.source.path / name, job.out_dir / name)
-        metadata.update(
-            method=self.name,
-            algorithm=self.algorithm,
-            bits=self.bits,
-            requested_group_size=self.group_size,
-            group_size=group_size,
-            format="compressed-tensors pack-quantized",
-            compressed_tensors_version=_ct_version(),
-            storage_dtype=dtype_name,
-            device=job.device,
-            stored_tensor_bytes=sum(written.tensor_bytes.values()),
-        )
-        if group_size != self.group_size:
-            metadata["group_size_note"] = (
-                f"requested g{self.group_size} does not divide input widths {sorted(set(linear_input_widths(arch)))}; "
-                f"every linear uses g{group_size}"
-            )
-        return metadata
-
-    def quantize_model(self, model, arch: ArchSpec, job: QuantizeJob, group_size: int, dtype_name: str) -> dict:
-        raise NotImplementedError
-
-
-def _ct_version() -> str:
-    from compressed_tensors import __version__
-
-    return __version__
-
-
-class RTNRecipe(IntGridRecipe):
-    algorithm = "rtn"
-    needs_calibration = False
-
-    def quantize_model(self, model, arch, job, group_size, dtype_name) -> dict:
-        import time
-
-        from quantbench.methods.rtn import RTNConfig, rtn_quantize
-
-        config = RTNConfig(self.bits, group_size, dtype_name)
-        start = time.perf_counter()
-        linears = {}
-        with torch.no_grad():
-            for t in arch.tensors():
-                if t.role == LINEAR:
-                    module = t.name.removesuffix(".weight")
-                    W = model.get_submodule(module).weight.detach().to(job.device)
-                    linears[module] = rtn_quantize(W, config).to("cpu")
-        return {"_result": linears, "config": asdict(config), "quantize_seconds": time.perf_counter() - start}
-
-
-class CalibratedRecipe(IntGridRecipe):
-    needs_calibration = True
-
-    def calibration(self, job: QuantizeJob) -> tuple[list[list[int]], dict]:
-        samples = job.calibration()
-        if not samples:
-            raise QuantbenchError(f"{self.name} needs calibration text: give --text or keep the default text, and samples > 0")
-        length = len(samples[0])
-        record = {
-            "samples": len(samples),
-            "length": length,
-            "tokens": len(samples) * length,
-            "requested_samples": job.options.get("samples"),
-            "requested_length": job.options.get("length"),
-            "split": "calibration",
-        }
-        return samples, record
-
-    def run_sequential(self, model, samples, job, layer_fn) -> "object":
-        from quantbench.methods import sequential
-
-        batch = int(job.options.get("batch_size", max(1, 8192 // len(samples[0]))))
-        inputs = sequential.capture_layer0_inputs(model, samples, job.device, batch)
-        return sequential.quantize_layers(sequential.decoder_layers(model), inputs, job.device, layer_fn)
-
-    @staticmethod
-    def summarize(result) -> dict:
-        errors = result.errors
-        worse = [name for name, e in errors.items() if e["error"] > e["rtn_error"]]
-        mean = lambda key: sum(e[key] for e in errors.values()) / max(len(errors), 1)  # noqa: E731
-        return {
-            "quantize_seconds": result.seconds,
-            "peak_device_bytes": result.peak_device_bytes,
-            "peak_rss_bytes": result.peak_rss_bytes,
-            "layer_errors": {
-                "measure": "||W X - W_hat X||^2 / ||W X||^2 per linear on the calibration inputs",
-                "mean": mean("error"),
-                "mean_rtn": mean("rtn_error"),
-                "worse_than_rtn": worse,
-                "per_linear": errors,
-            },
-            "notes": result.notes,
-        }
+from quantbench.recipes.base import register
+from quantbench.recipes.intgrid import CalibratedRecipe
 
 
 class GPTQRecipe(CalibratedRecipe):
-    algorithm = "gptq"
+    family = "gptq"
 
     def __init__(self, name, bits, group_size, description, act_order=False):
         super().__init__(name, bits, group_size, description)
         self.act_order = act_order
 
-    def quantize_model(self, model, arch, job, group_size, dtype_name) -> dict:
+    def quantize_model(self, model, arch, job, group_size, dtype_name):
         from quantbench.methods import sequential
         from quantbench.methods.gptq import GPTQConfig
 
@@ -212,42 +27,22 @@ class GPTQRecipe(CalibratedRecipe):
         config = GPTQConfig(
             bits=self.bits,
             group_size=group_size,
-            damp=float(job.options.get("damp", 0.01)),
-            act_order=bool(job.options.get("act_order", self.act_order)),
+            damp=job.options.damp,
+            act_order=self.act_order if job.options.act_order is None else job.options.act_order,
             static_groups=True,  # compressed-tensors stores no g_idx
             scale_dtype=dtype_name,
         )
-        true_sequential = bool(job.options.get("true_sequential", True))
+        true_sequential = job.options.true_sequential
 
         def layer_fn(layer, inputs, prefix, result):
-            sequential.gptq_layer(layer, inputs, prefix, lambda name, W: config, result, true_sequential)
+            sequential.gptq_layer(layer, inputs, prefix, arch.family, lambda name, W: config, result, true_sequential)
 
         result = self.run_sequential(model, samples, job, layer_fn)
-        return {"_result": result.linears, "config": asdict(config), "true_sequential": true_sequential, "calibration": record, **self.summarize(result)}
-
-
-class AWQRecipe(CalibratedRecipe):
-    algorithm = "awq"
-
-    def quantize_model(self, model, arch, job, group_size, dtype_name) -> dict:
-        from quantbench.methods import sequential
-        from quantbench.methods.awq import AWQConfig
-
-        sequential.check_awq_supported(arch.model_type)
-        samples, record = self.calibration(job)
-        config = AWQConfig(bits=self.bits, group_size=group_size, scale_dtype=dtype_name)
-
-        def layer_fn(layer, inputs, prefix, result):
-            sequential.awq_layer(layer, inputs, prefix, lambda name, W: config, result)
-
-        result = self.run_sequential(model, samples, job, layer_fn)
-        return {"_result": result.linears, "config": asdict(config), "calibration": record, **self.summarize(result)}
+        return result.linears, {"config": asdict(config), "true_sequential": true_sequential, "calibration": record, **self.summarize(result)}
 
 
 for _bits in (2, 3, 4, 8):
     for _group in (32, 64, 128):
-        register(RTNRecipe(f"rtn-w{_bits}g{_group}", _bits, _group, f"round-to-nearest, {_bits}-bit asymmetric min-max grid per {_group} weights (baseline)"))
         register(GPTQRecipe(f"gptq-w{_bits}g{_group}", _bits, _group, f"GPTQ, {_bits}-bit asymmetric grid per {_group} weights, calibrated; compressed-tensors checkpoint"))
 for _bits in (3, 4):
     register(GPTQRecipe(f"gptq-w{_bits}g128-act", _bits, 128, f"GPTQ with act-order (static groups), {_bits}-bit per 128 weights", act_order=True))
-register(AWQRecipe("awq-w4g128", 4, 128, "AWQ: activation-aware channel scales + clipping, then 4-bit round-to-nearest per 128 weights"))

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+if TYPE_CHECKING:
+    from quantbench.arch import ArchSpec
+
 
 class Runtime(ABC):
-    name: str  # "transformers" or "llama.cpp"
+    """One loaded model. The class also knows its KV-cache layout, for `quantbench plan`."""
+
+    name: str  # "transformers" or "llama.cpp": what recipes name in Recipe.runtime
     device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
     dtype: str  # compute dtype, e.g. "float32", "bfloat16"
 
@@ -38,3 +43,20 @@ class Runtime(ABC):
 
     def close(self) -> None:
         """Free the model."""
+
+    # -- KV-cache layout, from the architecture alone ---------------------------------------------
+    @classmethod
+    def kv_cache_tokens_per_layer(cls, arch: "ArchSpec", context: int) -> list[int]:
+        """Tokens of K/V each decoder layer holds after `context` tokens of one sequence."""
+        raise NotImplementedError(f"runtime {cls.name}: no KV-cache layout")
+
+    @classmethod
+    def kv_bytes_per_value(cls, compute_bytes: int) -> int:
+        """Bytes of one cached K or V value when the model computes in `compute_bytes` per value."""
+        return compute_bytes
+
+    @classmethod
+    def kv_cache_bytes(cls, arch: "ArchSpec", context: int, batch: int, compute_bytes: int) -> int:
+        """K and V: 2 * kv_heads * head_dim * tokens * batch * bytes, summed over layers."""
+        per_token = 2 * arch.num_kv_heads * arch.head_dim * cls.kv_bytes_per_value(compute_bytes) * batch
+        return per_token * sum(cls.kv_cache_tokens_per_layer(arch, context))

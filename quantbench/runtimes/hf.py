@@ -18,6 +18,16 @@ log = logging.getLogger(__name__)
 class HFRuntime(Runtime):
     name = "transformers"
 
+
+    @classmethod
+    def kv_cache_tokens_per_layer(cls, arch, context):
+        """transformers' DynamicCache (cache_utils.get_layer_types_and_kwargs): layer_types from the
+        config, else every layer sliding when `sliding_window` is set; a DynamicSlidingWindowLayer keeps
+        the last sliding_window - 1 tokens."""
+        window = arch.sliding_window
+        layer_types = arch.layer_types or (("sliding_attention" if window else "full_attention",) * arch.num_layers)
+        return [min(context, window - 1) if kind == "sliding_attention" and window else context for kind in layer_types]
+
     def __init__(self, model, device: str):
         self.model = model
         self.device = describe_device(device)

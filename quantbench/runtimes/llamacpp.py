@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.formats.gguf_types import FILE_TYPES, ggml_type
 from quantbench.runtimes.base import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ _log_callback = None  # the ctypes callback must outlive every call into llama.c
 recent_log: collections.deque[str] = collections.deque(maxlen=40)
 
 
-_KV_CACHE_TYPES = {"F32": 0, "F16": 1, "BF16": 30, "Q8_0": 8}  # ggml_type ids (ggml.h)
+KV_CACHE_TYPES = ("F32", "F16", "BF16", "Q8_0")  # ggml types llama.cpp can keep K and V in
 _FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.h enum llama_flash_attn_type
 
 
@@ -76,11 +77,26 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def padded_context(tokens: int) -> int:
+    """The context this runtime allocates per sequence: a multiple of 256, at least 512."""
+    return max(512, -(-tokens // 256) * 256)
+
+
 class LlamaCppRuntime(Runtime):
     """One GGUF model in llama.cpp (CPU), with a KV cache sized on demand."""
 
     name = "llama.cpp"
     dtype = "gguf"
+
+
+    @classmethod
+    def kv_cache_tokens_per_layer(cls, arch, context):
+        """Every layer holds the whole context, padded as _ensure_context pads it."""
+        return [padded_context(context)] * arch.num_layers
+
+    @classmethod
+    def kv_bytes_per_value(cls, compute_bytes):
+        return 2  # the default cache type, F16 (llama-cli's and this runtime's default)
 
     def __init__(
         self,
@@ -105,8 +121,8 @@ class LlamaCppRuntime(Runtime):
         self.path = path
         self.n_threads = n_threads or cpu_threads()
         self.n_batch = n_batch
-        if kv_cache_type not in _KV_CACHE_TYPES:
-            raise QuantbenchError(f"KV cache type '{kv_cache_type}' is not one of {', '.join(_KV_CACHE_TYPES)}")
+        if kv_cache_type not in KV_CACHE_TYPES:
+            raise QuantbenchError(f"KV cache type '{kv_cache_type}' is not one of {', '.join(KV_CACHE_TYPES)}")
         self.kv_cache_type = kv_cache_type
         if flash_attention not in _FLASH_ATTENTION:
             raise QuantbenchError(f"flash_attention must be one of {', '.join(_FLASH_ATTENTION)}, not '{flash_attention}'")
@@ -148,7 +164,7 @@ class LlamaCppRuntime(Runtime):
                 f"{tokens_per_seq} tokens exceed the model's context length ({self.n_ctx_train}); use shorter windows"
             )
         self._free_context()
-        per_seq = min(self.n_ctx_train, max(512, -(-tokens_per_seq // 256) * 256))
+        per_seq = min(self.n_ctx_train, padded_context(tokens_per_seq))
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = per_seq * seqs
         cparams.n_seq_max = seqs
@@ -157,7 +173,7 @@ class LlamaCppRuntime(Runtime):
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.no_perf = True
-        cparams.type_k = cparams.type_v = _KV_CACHE_TYPES[self.kv_cache_type]
+        cparams.type_k = cparams.type_v = ggml_type(self.kv_cache_type).value
         cparams.flash_attn_type = _FLASH_ATTENTION[self.flash_attention]
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -319,3 +335,34 @@ class LlamaCppRuntime(Runtime):
             self.close()
         except Exception:
             pass
+
+
+def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None, nthread: int | None = None) -> None:
+    """llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
+
+    `imatrix` maps GGUF tensor names to (cols,) float32 mean squared activations; it reaches the C
+    quantizer as llama.h's array of llama_model_imatrix_data {name, data, size}, ended by a NULL name.
+    """
+    lc = import_llama_cpp()
+    route_llama_cpp_logs()
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = FILE_TYPES[file_type].ftype
+    params.nthread = nthread or cpu_threads()
+    keep_alive = []
+    if imatrix:
+        entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for k, (name, values) in enumerate(sorted(imatrix.items())):
+            v = np.ascontiguousarray(values, dtype=np.float32)
+            encoded = name.encode("utf-8")
+            keep_alive += [v, encoded]
+            entries[k].name = encoded
+            entries[k].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[k].size = v.size
+        entries[len(imatrix)].name = None
+        keep_alive.append(entries)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(lc.llama_model_imatrix_data))
+    recent_log.clear()
+    rc = lc.llama_model_quantize(str(source).encode("utf-8"), str(target).encode("utf-8"), ctypes.byref(params))
+    if rc != 0:
+        tail = "\n".join(list(recent_log)[-8:])
+        raise QuantbenchError(f"llama.cpp could not quantize {source.name} to {file_type}:\n{tail}")

@@ -1,0 +1,31 @@
+"""AWQ (Lin et al., 2024): activation-aware per-channel scales and clipping, then 4-bit round-to-nearest,
+layer by layer, as compressed-tensors. The algorithm is methods/awq.py; `awq-w4g128`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from quantbench.recipes.base import register
+from quantbench.recipes.intgrid import CalibratedRecipe
+
+
+class AWQRecipe(CalibratedRecipe):
+    family = "awq"
+
+    def quantize_model(self, model, arch, job, group_size, dtype_name):
+        from quantbench.methods import sequential
+        from quantbench.methods.awq import AWQConfig
+
+        sequential.check_awq_supported(arch)
+        samples, record = self.calibration(job)
+        config = AWQConfig(bits=self.bits, group_size=group_size, scale_dtype=dtype_name)
+
+        def layer_fn(layer, inputs, prefix, result):
+            sequential.awq_layer(layer, inputs, prefix, arch.family, lambda name, W: config, result)
+
+        result = self.run_sequential(model, samples, job, layer_fn)
+        return result.linears, {"config": asdict(config), "calibration": record, **self.summarize(result)}
+
+
+register(AWQRecipe("awq-w4g128", 4, 128, "AWQ: activation-aware channel scales + clipping, then 4-bit round-to-nearest per 128 weights"))
