@@ -62,7 +62,7 @@ def ours_ppl(source, samples, evaluation, windows, group_size) -> dict:
 
     recipe = get_recipe(f"gptq-w4g{group_size}")
     out = Path(tempfile.mkdtemp(prefix="xcheck-")) / "ours"
-    job = QuantizeJob(source=source, out_dir=out, device="cpu", calibration=lambda: samples, options={"samples": len(samples), "length": len(samples[0])})
+    job = QuantizeJob(source=source, out_dir=out, device="cpu", calibration=lambda: samples, options={"calibration_samples": len(samples), "calibration_length": len(samples[0])})
     meta = recipe.quantize(job)
     return {"method": f"quantbench gptq-w4g{group_size}", "quantize_seconds": meta["quantize_seconds"], **score(recipe.open(out, "cpu"), evaluation, windows)}
 

@@ -25,7 +25,7 @@ for name in ["rtn-w4g128", "gptq-w4g128", "gptq-w4g128-act", "awq-w4g128"]:
     r = get_recipe(name)
     out = {}
     for dev in ["cuda", "cpu"]:
-        job = QuantizeJob(src, tmp / f"{name}-{dev}", dev, lambda: calibration_samples(sp.calibration, 8, 128), {"samples": 8, "length": 128})
+        job = QuantizeJob(src, tmp / f"{name}-{dev}", dev, lambda: calibration_samples(sp.calibration, 8, 128), {"calibration_samples": 8, "calibration_length": 128})
         t = time.perf_counter(); meta = r.quantize(job); out[dev] = (job.out_dir, time.perf_counter() - t, meta)
     a, _ = read_linears(out["cuda"][0]); b, _ = read_linears(out["cpu"][0])
     same = sum(float((a[k] == b[k]).float().mean()) for k in a) / len(a)

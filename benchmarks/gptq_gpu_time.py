@@ -51,6 +51,7 @@ def main() -> None:
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+    from quantbench.arch import FAMILIES
     from quantbench.methods import sequential
     from quantbench.methods.gptq import GPTQConfig
 
@@ -84,7 +85,7 @@ def main() -> None:
 
     def quantize_layer(layer, layer_inputs, prefix, result):
         start = time.perf_counter()
-        sequential.gptq_layer(layer, layer_inputs, prefix, lambda name, W: gptq, result)
+        sequential.gptq_layer(layer, layer_inputs, prefix, FAMILIES["llama"], lambda name, W: gptq, result)
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
         per_layer.append(time.perf_counter() - start)
@@ -94,7 +95,7 @@ def main() -> None:
         print(json.dumps(line), flush=True)
 
     start = time.perf_counter()
-    result = sequential.quantize_layers(build_layers(), inputs, device, quantize_layer, offload=False)
+    result = sequential.quantize_layers(build_layers(), inputs, device, quantize_layer, FAMILIES["llama"].layers, offload=False)
     total = time.perf_counter() - start
     layer_params = sum(p.numel() for p in LlamaDecoderLayer(config, 0).parameters())
     errors = result.errors.values()

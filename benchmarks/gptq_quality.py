@@ -66,7 +66,7 @@ def one(method: str, args) -> dict:
         out_dir=out,
         device="cpu",
         calibration=lambda: calibration_samples(splits.calibration, args.samples, args.length),
-        options={"samples": args.samples, "length": args.length},
+        options={"calibration_samples": args.samples, "calibration_length": args.length},
     )
     start = time.perf_counter()
     meta = recipe.quantize(job)

@@ -87,7 +87,7 @@ def calibration_job(tiny_model, tmp_path, samples=6, length=64, **options):
         out_dir=tmp_path / "artifact",
         device="cpu",
         calibration=lambda: calibration_samples(splits.calibration, samples, length),
-        options={"samples": samples, "length": length, **options},
+        options={"calibration_samples": samples, "calibration_length": length, **options},
     )
     return job, splits.evaluation
 

@@ -46,11 +46,15 @@ def test_bench_stored_bytes_equal_plan(bench_result):
 
 
 def test_bench_ceiling_arithmetic_and_quality_na(bench_result):
+    from quantbench.recipes import get_recipe
+
     bandwidth = bench_result["bandwidth"]["bytes_per_s"]
-    h, ffn, layers, vocab = 128, 256, 2, 512
-    embed_bytes = vocab * h * 2
-    kv_per_token = 2 * layers * 2 * 32 * 2  # K and V, 2 KV heads of 32, bf16
+    h, layers, vocab = 128, 2, 512
     for r in bench_result["methods"]:
+        # bf16 computes in bf16; bitsandbytes in the CPU's half dtype (fp32 on a CPU without AVX512-BF16).
+        value_bytes = get_recipe(r["method"]).compute_dtype("cpu").itemsize
+        embed_bytes = vocab * h * value_bytes
+        kv_per_token = 2 * layers * 2 * 32 * value_bytes  # K and V, 2 KV heads of 32
         # One decode step reads all resident weights but the input embedding table, and the KV cache at
         # the mean context (16 prompt tokens + 4 / 2 new ones).
         expected_step = r["resident_bytes"] - embed_bytes + kv_per_token * (16 + 4 / 2)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from quantbench.errors import QuantbenchError
-from quantbench.recipes.strategy import WHOLE_MODEL, QuantizeStrategy
+from quantbench.recipes.strategy import QuantizeStrategy
 
 if TYPE_CHECKING:
     from quantbench.arch import ArchSpec, TensorSpec
@@ -87,7 +87,7 @@ class Recipe:
     runtime: str = "transformers"  # the `name` of the runtime (quantbench.runtimes) that opens its artifacts
     description: str = ""
     needs_calibration: bool = False
-    strategy: QuantizeStrategy = WHOLE_MODEL  # how quantize() uses memory (quantbench.recipes.strategy)
+    strategy: QuantizeStrategy | None = None  # how quantize() uses memory (quantbench.recipes.strategy); required
     # `bench_apply` is written: the synthetic bench can build this method in place on random weights.
     in_place: bool = False
 
@@ -127,8 +127,14 @@ class Recipe:
 
 
 def register(recipe: Recipe) -> Recipe:
+    """Add a recipe to the registry; the contract's required attributes are checked here, once."""
     if recipe.name in _REGISTRY:
         raise ValueError(f"recipe {recipe.name} registered twice")
+    missing = [attr for attr in ("name", "family", "runtime", "description") if not getattr(recipe, attr)]
+    if recipe.strategy is None:
+        missing.append("strategy")
+    if missing:
+        raise ValueError(f"recipe {recipe.name or type(recipe).__name__} does not set {', '.join(missing)} (see recipes/base.py)")
     _REGISTRY[recipe.name] = recipe
     return recipe
 
