@@ -96,7 +96,7 @@ def test_in_place_bnb_layout_equals_transformers_artifact(method, tmp_path):
 
     config = source.config()
     arch = ArchSpec.from_config(config)
-    model = recipe.bench_apply(build_random_model(config, "cpu", torch.bfloat16, 0), arch, "cpu")
+    model = recipe.bench_apply(build_random_model(config, "cpu", recipe.compute_dtype("cpu"), 0), arch, "cpu")
     in_place = {k: (_ST_DTYPE[v.dtype], tuple(v.shape)) for k, v in model.state_dict().items()}
 
     def without_blob(layout):
