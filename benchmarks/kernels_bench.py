@@ -2,7 +2,8 @@
 Llama-3.1-8B linear shapes, against the reference path, tinygemm and cuBLAS bf16, plus correctness
 checks of every kernel against its reference on the same device.
 
-    PYTHONPATH=. python3 benchmarks/kernels_bench.py OUT.json
+    PYTHONPATH=. python3 benchmarks/kernels_bench.py OUT.json          # measure (CUDA)
+    python3 benchmarks/kernels_bench.py --markdown OUT.json            # the tables for RESULTS.md
 
 Bandwidth = bytes one call reads (the weight as stored, plus x) and writes (y), over its time. Each
 timed call reads a different copy of the weight (copies rotate through > 512 MiB, several times the
@@ -30,18 +31,22 @@ SHAPES = [(14336, 4096), (4096, 14336), (4096, 4096)]  # (rows, cols): q/o proj;
 BATCHES = (1, 8, 32)
 ROTATE_BYTES = 512 * 2**20
 GEMV_CONFIGS = [
-    triton_int.GemvConfig(block_n=32, split_k=1, num_warps=4),
-    triton_int.GemvConfig(block_n=64, split_k=1, num_warps=4),
-    triton_int.GemvConfig(block_n=128, split_k=1, num_warps=4),
+    triton_int.GemvConfig(block_n=16, split_k=4, num_warps=4),
+    triton_int.GemvConfig(block_n=32, split_k=4, num_warps=4),
     triton_int.GemvConfig(block_n=64, split_k=4, num_warps=4),
-    triton_int.GemvConfig(block_n=128, split_k=4, num_warps=4),
-    triton_int.GemvConfig(block_n=128, split_k=4, num_warps=8),
+    triton_int.GemvConfig(block_n=32, split_k=8, num_warps=4),
+    triton_int.GemvConfig(block_n=64, split_k=8, num_warps=4),
+    triton_int.GemvConfig(block_n=32, split_k=1, num_warps=4),
+    triton_int.GemvConfig(block_n=32, split_k=4, num_warps=2),
 ]
-GEMM_CONFIGS = [
-    triton_int.GemmConfig(block_m=16, block_n=64, block_units=16, split_k=1, num_warps=4),
-    triton_int.GemmConfig(block_m=16, block_n=64, block_units=16, split_k=4, num_warps=4),
-    triton_int.GemmConfig(block_m=32, block_n=128, block_units=32, split_k=2, num_warps=8),
+GEMM_CONFIGS = [  # batch 8 and 32; the first two also at batch 1 (the tensor-core kernel there)
+    triton_int.GemmConfig(block_m=16, block_n=64, split_k=4, num_warps=4),
+    triton_int.GemmConfig(block_m=16, block_n=32, split_k=8, num_warps=4),
+    triton_int.GemmConfig(block_m=16, block_n=64, split_k=1, num_warps=4),
+    triton_int.GemmConfig(block_m=16, block_n=128, split_k=4, num_warps=8),
+    triton_int.GemmConfig(block_m=32, block_n=64, split_k=4, num_warps=4),
 ]
+INT8_BLOCK_N = (32, 64, 128)
 BNB_GEMV_CONFIGS = [triton_bnb.GemvConfig(), triton_bnb.GemvConfig(block_n=64, block_words=16, split_k=4)]
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
        -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
@@ -243,13 +248,15 @@ def int4_sweep(rec, copy_bw, started):
         tg = [tinygemm.repack(w) for w in weights]
         for batch in BATCHES:
             x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
-            configs = GEMV_CONFIGS if batch == 1 else [c for c in GEMM_CONFIGS if c.block_m <= max(16, batch)]
-            for cfg in configs:
-                key = "gemv" if batch == 1 else "gemm"
+            if batch == 1:
+                configs = [("gemv", c) for c in GEMV_CONFIGS] + [("gemm", c) for c in GEMM_CONFIGS[:2]]
+            else:
+                configs = [("gemm", c) for c in GEMM_CONFIGS if c.block_m <= max(16, batch)]
+            for key, cfg in configs:
                 calls = [lambda w=w: triton_int.matmul(x, w, **{key: cfg}) for w in weights]
                 try:
                     med, best = graph_time(calls)
-                    bench_row(rec, copy_bw, "triton-int", cfg.__dict__, 4, rows, cols, batch, med, best, base.stored_bytes())
+                    bench_row(rec, copy_bw, f"triton-int-{key}", cfg.__dict__, 4, rows, cols, batch, med, best, base.stored_bytes())
                 except Exception as e:  # a config that fails to compile is reported, not fatal
                     rec.add("rows", {"kernel": "triton-int", "config": cfg.__dict__, "rows": rows, "cols": cols, "batch": batch, "error": repr(e)[:300]})
             med, best = graph_time([lambda t=t: tinygemm.matmul(x, t) for t in tg])
@@ -285,8 +292,9 @@ def bnb_and_int8(rec, copy_bw, started):
                 x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
                 if outliers:
                     x[:, 100] = 20.0  # one outlier column: its tile takes the 16-bit path too
-                med, best = graph_time([lambda w=w: triton_int8.matmul(x, w) for w in weights])
-                bench_row(rec, copy_bw, "triton-llm-int8" + ("-1-outlier-col" if outliers else ""), {}, 8, rows, cols, batch, med, best, base.stored_bytes())
+                for block_n in INT8_BLOCK_N if not outliers else (64,):
+                    med, best = graph_time([lambda w=w: triton_int8.matmul(x, w, block_n=block_n) for w in weights])
+                    bench_row(rec, copy_bw, "triton-llm-int8" + ("-1-outlier-col" if outliers else ""), {"block_n": block_n}, 8, rows, cols, batch, med, best, base.stored_bytes())
         del weights
         torch.cuda.empty_cache()
         print(f"bnb {rows}x{cols} done at {time.time() - started:.0f} s", flush=True)
@@ -299,11 +307,48 @@ def other_bits(rec, copy_bw, started):
             base = random_int_weight(rows, cols, bits, 128, seed=0)
             weights = [base] + [random_int_weight(rows, cols, bits, 128, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
             x = torch.randn(1, cols, device="cuda", dtype=torch.bfloat16)
-            for cfg in (triton_int.GemvConfig(),):
+            for cfg in (triton_int.GemvConfig(block_n=32, split_k=4),):
                 med, best = graph_time([lambda w=w: triton_int.matmul(x, w, gemv=cfg) for w in weights])
                 bench_row(rec, copy_bw, "triton-int", cfg.__dict__, bits, rows, cols, 1, med, best, base.stored_bytes())
             del weights
 
 
+def to_markdown(data: dict) -> str:
+    """Best configuration per (kernel, shape, batch): time, GB/s and fraction of copy bandwidth."""
+    best: dict = {}
+    for r in data["rows"]:
+        if "error" in r:
+            continue
+        key = (r["kernel"], r["bits"], r["rows"], r["cols"], r["batch"])
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    shapes = sorted({(k[2], k[3]) for k in best}, key=lambda rc: (-rc[0] * rc[1], rc))
+    lines = [
+        f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}; copy bandwidth "
+        f"{data['copy_bandwidth_Bps'] / 1e9:.0f} GB/s (read + written). Each cell: median us per call, and the bytes "
+        "it moves (weight as stored + x + y) per second as a % of copy bandwidth; best configuration of those tried "
+        "(all are in the JSON).",
+        "",
+        "| kernel | bits | " + " | ".join(f"{r}x{c} b{b}" for r, c in shapes for b in BATCHES) + " |",
+        "|---|---|" + "---|" * (len(shapes) * len(BATCHES)),
+    ]
+    kernels = sorted({(k[0], k[1]) for k in best}, key=lambda kb: (-kb[1], kb[0]))
+    for kernel, bits in kernels:
+        cells = []
+        for r, c in shapes:
+            for b in BATCHES:
+                row = best.get((kernel, bits, r, c, b))
+                cells.append(f"{row['us']:.1f} us, {100 * row['of_copy_bandwidth']:.0f}%" if row else "")
+        lines.append(f"| {kernel} | {bits} | " + " | ".join(cells) + " |")
+    checks = [c for c in data["checks"] if "ok" in c]
+    failed = [c for c in checks if not c["ok"]]
+    lines += ["", f"Correctness on the same device: {len(checks) - len(failed)} of {len(checks)} checks passed"
+              + (f"; FAILED: {failed}" if failed else " (every dequantization bit-exact; every matmul within 2^-7 of sum |x||W|).")]  # fmt: skip
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--markdown":
+        print(to_markdown(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main(Path(sys.argv[1]))

@@ -300,7 +300,11 @@ def test_triton_int_refuses_groups_smaller_than_a_packed_unit(triton_kernels):
         triton_kernels[0].matmul(torch.randn(1, 64), weight)
     with pytest.raises(QuantbenchError, match="triton-int-group: group size 16.*tinygemm-int4: tinygemm is int4 only"):
         pick_fast(INT_GROUP, weight, "cuda", torch.bfloat16)
-    assert pick_fast(INT_GROUP, random_int_group(4, 64, 4, 32)[0], "cuda", torch.bfloat16).name == "triton-int-group"
+    int4 = random_int_group(8, 128, 4, 32)[0]
+    assert pick_fast(INT_GROUP, int4, "cuda", torch.bfloat16).name == "triton-int-group"
+    assert pick_fast(INT_GROUP, int4, "cuda", torch.bfloat16, prefer="tinygemm-int4").name == "tinygemm-int4"
+    with pytest.raises(QuantbenchError, match="tinygemm takes bf16"):
+        pick_fast(INT_GROUP, int4, "cuda", torch.float16, prefer="tinygemm-int4")
 
 
 @pytest.mark.parametrize("quant_type,double_quant", [("nf4", False), ("fp4", True)])

@@ -49,8 +49,8 @@ def unsupported(weight: IntGroupWeight) -> str | None:
 
 @dataclass(frozen=True)
 class GemvConfig:
-    block_n: int = 32  # rows per program
-    split_k: int = 1  # programs along the columns; > 1 sums their partials with fp32 atomics
+    block_n: int = 64  # rows per program
+    split_k: int = 8  # programs along the columns; > 1 sums their partials with fp32 atomics
     max_chunk: int = 128  # columns per step (within one group)
     num_warps: int = 4
     num_stages: int = 3
@@ -60,10 +60,27 @@ class GemvConfig:
 class GemmConfig:
     block_m: int = 16  # batch rows per program (tl.dot needs >= 16)
     block_n: int = 64
-    split_k: int = 1
+    split_k: int = 4
     max_chunk: int = 128  # columns per step and tl.dot (within one group)
     num_warps: int = 4
     num_stages: int = 3
+
+
+# Chosen from the H200 sweep in benchmarks/RESULTS.md ("kernels" section; Llama-3.1-8B shapes, int4
+# g128): batch 1 ran best with 64 rows a program and the columns split 8 ways (32% of copy bandwidth
+# on 4096x14336 and 14336x4096); batch 8 with 16 x 64 tiles split 4 ways; batch 32 with 32 x 64.
+# Splitting is capped so that each split keeps at least 4 steps.
+TARGET_PROGRAMS = 1792  # 64-row blocks x 8 splits on a 14336-row weight: about 14 programs per SM on 132 SMs
+
+
+def default_gemv(rows: int, chunks: int) -> GemvConfig:
+    blocks = -(-rows // 64)
+    split = max(1, min(8, -(-TARGET_PROGRAMS // blocks), chunks // 4))
+    return GemvConfig(block_n=64, split_k=split)
+
+
+def default_gemm(tokens: int, chunks: int) -> GemmConfig:
+    return GemmConfig(block_m=16 if tokens <= 16 else 32, block_n=64, split_k=max(1, min(4, chunks // 4)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,6 +138,29 @@ def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
 
 
 @triton.jit
+def _gemv_chunk_loads(row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, chunk, chunks,
+                      BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
+                      GROUP_SIZE: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+    """The loads of one GEMV step: (first column, words, scale, zero point). A chunk past `chunks`
+    (the end of this program's split) reads chunk 0 with a zero scale, so it adds nothing."""
+    live = chunk < chunks
+    col0 = tl.where(live, chunk, 0) * CHUNK
+    word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
+    w0 = tl.load(word)
+    if UNIT_WORDS == 3:
+        w1 = tl.load(word + 1)
+        w2 = tl.load(word + 2)
+    else:
+        w1 = w0
+        w2 = w0
+    group = col0 // GROUP_SIZE
+    scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
+    scale = tl.where(live, scale, 0.0)
+    z = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32)  # (BLOCK_N,)
+    return col0, w0, w1, w2, scale, z
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, packed_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr,
     N, K, words_per_row, groups, zero_words, magic,
@@ -138,23 +178,18 @@ def _gemv_kernel(
 
     chunks = K // CHUNK
     acc = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
-    for step in range(0, STEPS_PER_SPLIT):  # this program's chunks: pid_k * STEPS_PER_SPLIT + step
-        chunk = pid_k * STEPS_PER_SPLIT + step
-        live = chunk < chunks  # the last split may run short; a dead step reads chunk 0 and adds 0
-        chunk = tl.where(live, chunk, 0)
-        col0 = chunk * CHUNK
-        word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
-        w0 = tl.load(word)
-        if UNIT_WORDS == 3:
-            w1 = tl.load(word + 1)
-            w2 = tl.load(word + 2)
-        else:
-            w1 = w0
-            w2 = w0
-        group = col0 // GROUP_SIZE
-        scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
-        scale = tl.where(live, scale, 0.0)
-        z = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32)  # (BLOCK_N,)
+    # this program's chunks: pid_k * STEPS_PER_SPLIT + step; each step's loads are issued one step
+    # ahead (registers as a second buffer), so every warp keeps two chunks of weights in flight
+    col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _gemv_chunk_loads(
+        row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, pid_k * STEPS_PER_SPLIT, chunks,
+        BITS, UNIT_WORDS, UNIT_CODES, GROUP_SIZE, CHUNK,
+    )  # fmt: skip
+    for step in range(0, STEPS_PER_SPLIT):
+        col0, w0, w1, w2, scale, z = col0_next, w0_next, w1_next, w2_next, scale_next, z_next
+        col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _gemv_chunk_loads(
+            row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, pid_k * STEPS_PER_SPLIT + step + 1,
+            tl.minimum(chunks, (pid_k + 1) * STEPS_PER_SPLIT), BITS, UNIT_WORDS, UNIT_CODES, GROUP_SIZE, CHUNK,
+        )  # fmt: skip
         part = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
         if UNIT_WORDS == 1:
             # Codes masked in place, no shift: code j of a 16-bit half sits at bit P = (j*BITS) % 16,
@@ -399,8 +434,8 @@ def matmul(
     common = (K, weight.packed.shape[1], weight.groups, weight.zero_point.shape[0])
     bias_arg = bias if bias is not None else x2  # any tensor; not read without HAS_BIAS
     if M == 1 and gemm is None:  # (a GemmConfig given for batch 1 runs the tensor-core kernel instead)
-        cfg = gemv or GemvConfig()
-        chunk = _gemv_chunk(weight.group_size, unit_codes, cfg.max_chunk)
+        chunk = _gemv_chunk(weight.group_size, unit_codes, (gemv or GemvConfig()).max_chunk)
+        cfg = gemv or default_gemv(N, K // chunk)
         out = torch.empty(N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(N, dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
         _gemv_kernel[grid](
@@ -411,8 +446,8 @@ def matmul(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
     else:
-        cfg = gemm or GemmConfig()
-        chunk = _gemv_chunk(weight.group_size, unit_codes, cfg.max_chunk)
+        chunk = _gemv_chunk(weight.group_size, unit_codes, (gemm or GemmConfig()).max_chunk)
+        cfg = gemm or default_gemm(M, K // chunk)
         if chunk < 16:
             raise QuantbenchError(f"group size {weight.group_size}: the batched int kernel needs groups of at least 16 columns")
         out = torch.empty(M, N, dtype=x.dtype, device=x.device) if cfg.split_k == 1 else torch.zeros(M, N, dtype=torch.float32, device=x.device)
