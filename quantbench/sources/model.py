@@ -112,6 +112,11 @@ def _file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# Written into a folder converted from a GGUF: which file it came from. Its tokenizer.* keys are what
+# llama.cpp tokenizes with (the GGUF writer copies them) and say whether the model wants BOS.
+SOURCE_GGUF_FILE = "quantbench-source-gguf.json"
+
+
 def _from_gguf(gguf_path: Path, name: str) -> ModelSource:
     """Dequantize a GGUF into an fp32 HF folder once (transformers' GGUF loader), then reuse it."""
     fingerprint = _file_fingerprint(gguf_path)
@@ -119,7 +124,21 @@ def _from_gguf(gguf_path: Path, name: str) -> ModelSource:
     if not (target / "config.json").is_file():
         log.info("converting %s to an HF folder in %s (once)", gguf_path, target)
         _convert_gguf(gguf_path, target)
+    marker = target / SOURCE_GGUF_FILE
+    if not marker.is_file() or json.loads(marker.read_text()).get("gguf") != str(gguf_path.resolve()):
+        from quantbench.artifact import write_json_atomic
+
+        write_json_atomic(marker, {"gguf": str(gguf_path.resolve()), "fingerprint": fingerprint})
     return ModelSource(target, name, fingerprint)
+
+
+def source_gguf(folder: Path) -> Path | None:
+    """The GGUF file an HF folder was converted from, when quantbench converted it and the file is still there."""
+    marker = Path(folder) / SOURCE_GGUF_FILE
+    if not marker.is_file():
+        return None
+    path = Path(json.loads(marker.read_text())["gguf"])
+    return path if path.is_file() else None
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
