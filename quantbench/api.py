@@ -91,6 +91,7 @@ def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
                               "windows": work.windows, "reference_path": str(path), "meta": meta,
                               "trust_remote_code": work.source.trust_remote_code})
     ref = Reference(path)
+    ref.check_matches([w["targets"] for w in work.windows])
     nll, n = 0.0, 0
     for k in range(ref.windows):
         lp, t = ref.logprobs(k), ref.targets(k)

@@ -24,6 +24,10 @@ def read_meta(artifact: Path) -> dict:
         return {"method": "gguf-file", "runtime": "llama.cpp"}
     if not artifact.exists():
         raise QuantbenchError(f"artifact '{artifact}' not found")
+    from quantbench.formats import safetensors
+
+    for shard in sorted(artifact.glob("*.safetensors")):
+        safetensors.read_header(shard)  # a garbled file is one clear error here, not a loader's traceback later
     meta = artifact / META_FILE
     if meta.is_file():
         return json.loads(meta.read_text())

@@ -98,6 +98,7 @@ def job_evaluate(job: dict) -> dict:
     row["process_baseline_rss_bytes"] = baseline_rss
 
     reference = Reference(Path(job["reference_path"]))
+    reference.check_matches([w["targets"] for w in job["windows"]])
     quality = QualityAccumulator()
     for k in range(reference.windows):
         window = job["windows"][k]

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from quantbench.artifact import atomic_file
+from quantbench.errors import QuantbenchError
 from quantbench.eval.divergence import log_softmax
 from quantbench.eval.perplexity import PerplexityProtocol, Window
 
@@ -56,3 +57,18 @@ class Reference:
 
     def targets(self, k: int) -> torch.Tensor:
         return self._file.get_tensor(f"targets.{k}")
+
+    def check_matches(self, windows_targets: list[list[int]]) -> None:
+        """Refuse to score against a cached reference computed for other tokens (a stale or mis-keyed
+        cache would otherwise be scored silently)."""
+        mismatch = None
+        if self.windows != len(windows_targets):
+            mismatch = f"it holds {self.windows} windows, the current protocol has {len(windows_targets)}"
+        else:
+            for k, targets in enumerate(windows_targets):
+                if not torch.equal(self.targets(k), torch.tensor(targets, dtype=torch.int64)):
+                    mismatch = f"window {k} scores other tokens than the current text gives"
+                    break
+        if mismatch:
+            raise QuantbenchError(f"cached reference {self.path} does not match the current windows ({mismatch}); "
+                                  "delete that file (or the cache's reference/ folder) and run again")
