@@ -141,15 +141,17 @@ def test_compare_on_tiny_model_writes_contract(tiny_model, tiny_text_file, tmp_p
     assert rows["fp32"]["ppl"] == pytest.approx(result["protocol"]["reference_ppl"], rel=1e-6)
     assert rows["fp32"]["bits_per_weight"] == pytest.approx(32.0)
     assert rows["bf16"]["bits_per_weight"] == pytest.approx(16.0)
-    # bf16 rounds each weight by at most 2^-9 relative: on this tiny model its KLD is about 1e-6,
-    # int8's (absmax per row, 2^-8 of the row's max) larger; both far below a visible loss.
-    assert 0 < rows["bf16"]["kld_mean"] < rows["bnb-int8"]["kld_mean"] < 1e-3
-    assert rows["bf16"]["top1_agreement"] > 0.95
+    # Measured here on this tiny random model (200 tokens, float64): bf16 KLD 3.2e-7, int8 3.6e-7, top-1
+    # 99 % (its logits are nearly flat, so near-ties flip); the bounds sit about 30x above that.
+    for method in ("bf16", "bnb-int8"):
+        assert 0 < rows[method]["kld_mean"] < 1e-5, (method, rows[method]["kld_mean"])
+        assert rows[method]["top1_agreement"] > 0.9
     for method in ("fp32", "bf16", "bnb-int8"):
         row = rows[method]
-        # A hidden-64 model: hundreds of tokens/s even on a loaded CPU; min <= median <= max; ttft = prefill time.
-        assert 10 < row["decode_tok_s_min"] <= row["decode_tok_s"] <= row["decode_tok_s_max"], row
-        assert 10 < row["prefill_tok_s_min"] <= row["prefill_tok_s"] <= row["prefill_tok_s_max"], row
+        # Tokens/s, not ms or tokens: above 0.5 even for bf16 on a loaded CPU without bf16 units, below a
+        # million for a model this size; min <= median <= max; ttft is the median prefill time.
+        assert 0.5 < row["decode_tok_s_min"] <= row["decode_tok_s"] <= row["decode_tok_s_max"] < 1e6, row
+        assert 0.5 < row["prefill_tok_s_min"] <= row["prefill_tok_s"] <= row["prefill_tok_s_max"] < 1e6, row
         assert row["ttft_s"] == pytest.approx(16 / row["prefill_tok_s"], rel=1e-9)
         # Process peak RSS (CPU): above what Python + torch hold at start, below a few GB for this model.
         assert row["process_baseline_rss_bytes"] < row["peak_memory_bytes"] < 4e9, row
