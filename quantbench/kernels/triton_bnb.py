@@ -59,14 +59,14 @@ def row_aligned(weight: Bnb4bitWeight) -> bool:
 
 
 @triton.jit
-def _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, NESTED: tl.constexpr, NESTED_BLOCKSIZE: tl.constexpr):
-    """fp32 absmax of `block` (any shape of block indices)."""
+def _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, valid, NESTED: tl.constexpr, NESTED_BLOCKSIZE: tl.constexpr):
+    """fp32 absmax of `block` (any shape of block indices); 0 where not `valid`."""
     if NESTED:
-        code = tl.load(absmax_ptr + block).to(tl.int32)
-        scaled = tl.load(nested_code_ptr + code) * tl.load(nested_absmax_ptr + block // NESTED_BLOCKSIZE)
-        return scaled + tl.load(offset_ptr)
+        code = tl.load(absmax_ptr + block, mask=valid, other=0).to(tl.int32)
+        scaled = tl.load(nested_code_ptr + code) * tl.load(nested_absmax_ptr + block // NESTED_BLOCKSIZE, mask=valid, other=0.0)
+        return tl.where(valid, scaled + tl.load(offset_ptr), 0.0)
     else:
-        return tl.load(absmax_ptr + block)
+        return tl.load(absmax_ptr + block, mask=valid, other=0.0)
 
 
 @triton.jit
@@ -93,16 +93,15 @@ def _gemv_kernel(
     total_words = row_words  # per row
     acc = tl.zeros((BLOCK_N, BLOCK_WORDS), dtype=tl.float32)
     for step in range(0, STEPS_PER_SPLIT):
+        # (masks, not clamped indices, past the row's end: a clamp hides contiguity and unvectorizes the loads)
         word = (pid_k * STEPS_PER_SPLIT + step) * BLOCK_WORDS + words  # (BLOCK_WORDS,) index in the row
         live = word < total_words
-        word = tl.minimum(word, total_words - 1)
-        w = tl.load(words_ptr + rows_safe[:, None].to(tl.int64) * row_words + word[None, :])  # (BLOCK_N, BLOCK_WORDS)
+        w = tl.load(words_ptr + rows_safe[:, None].to(tl.int64) * row_words + word[None, :], mask=live[None, :], other=0)
         block = rows_safe[:, None] * (K // BLOCKSIZE) + (word * 8 // BLOCKSIZE)[None, :]
-        absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, NESTED, NESTED_BLOCKSIZE)
-        absmax = tl.where(live[None, :], absmax, 0.0)
+        absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, live[None, :], NESTED, NESTED_BLOCKSIZE)
         part = tl.zeros((BLOCK_N, BLOCK_WORDS), dtype=tl.float32)
         for j in tl.static_range(8):
-            x = tl.load(x_ptr + word * 8 + j).to(tl.float32)  # (BLOCK_WORDS,)
+            x = tl.load(x_ptr + word * 8 + j, mask=live, other=0.0).to(tl.float32)  # (BLOCK_WORDS,)
             part += tl.load(code_ptr + _word_code(w, j)) * x[None, :]
         acc += part * absmax
     y = tl.sum(acc, axis=1)
@@ -136,14 +135,12 @@ def _gemm_kernel(
     for step in range(0, STEPS_PER_SPLIT):
         word = (pid_k * STEPS_PER_SPLIT + step) * BLOCK_WORDS + words
         live = word < row_words
-        word = tl.minimum(word, row_words - 1)
-        w = tl.load(words_ptr + rows_safe[:, None].to(tl.int64) * row_words + word[None, :])
+        w = tl.load(words_ptr + rows_safe[:, None].to(tl.int64) * row_words + word[None, :], mask=live[None, :], other=0)
         block = rows_safe[:, None] * (K // BLOCKSIZE) + (word * 8 // BLOCKSIZE)[None, :]
-        absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, NESTED, NESTED_BLOCKSIZE)
-        absmax = tl.where(live[None, :], absmax, 0.0)
+        absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, block, live[None, :], NESTED, NESTED_BLOCKSIZE)
         for j in tl.static_range(8):
             W = tl.load(code_ptr + _word_code(w, j)) * absmax  # (BLOCK_N, BLOCK_WORDS) fp32
-            x = tl.load(x_rows + (word * 8 + j)[None, :])  # (BLOCK_M, BLOCK_WORDS)
+            x = tl.load(x_rows + (word * 8 + j)[None, :], mask=live[None, :], other=0.0)  # (BLOCK_M, BLOCK_WORDS)
             if FP32_DOT:
                 acc += tl.dot(x, tl.trans(W), input_precision="ieee")
             else:
@@ -165,7 +162,7 @@ def _flat_weights(packed_ptr, code_ptr, absmax_ptr, nested_absmax_ptr, nested_co
     flat = tl.where(valid, flat, 0)
     byte = tl.load(packed_ptr + flat // 2).to(tl.int32)
     code = (byte >> ((1 - flat % 2) * 4).to(tl.int32)) & 0xF  # even position: high nibble
-    absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, flat // BLOCKSIZE, NESTED, NESTED_BLOCKSIZE)
+    absmax = _absmax(absmax_ptr, nested_absmax_ptr, nested_code_ptr, offset_ptr, flat // BLOCKSIZE, valid, NESTED, NESTED_BLOCKSIZE)
     return tl.where(valid, tl.load(code_ptr + code) * absmax, 0.0)
 
 

@@ -77,13 +77,12 @@ def _matmul_kernel(
     acc_int = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc_outlier = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, STEPS):
+        # (masks, not clamped indices, past the row's end: a clamp hides contiguity and unvectorizes the loads)
         k = step * BLOCK_K + cols
         k_ok = k < K
-        k_safe = tl.minimum(k, K - 1)
-        W = tl.load(w_ptr + rows_safe[:, None].to(tl.int64) * K + k_safe[None, :])  # (BLOCK_N, BLOCK_K) int8
-        W = tl.where(k_ok[None, :], W, 0)
-        x = tl.load(x_ptr + tokens_safe[:, None] * K + k_safe[None, :])  # (BLOCK_M, BLOCK_K)
-        outlier_col = (tl.load(col_flag_ptr + k_safe) != 0) | (k >= K)
+        W = tl.load(w_ptr + rows_safe[:, None].to(tl.int64) * K + k[None, :], mask=k_ok[None, :], other=0)  # (BLOCK_N, BLOCK_K) int8
+        x = tl.load(x_ptr + tokens_safe[:, None] * K + k[None, :], mask=k_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
+        outlier_col = tl.load(col_flag_ptr + k, mask=k_ok, other=1) != 0
         ca = tl.where(outlier_col[None, :], 0.0, _round_half_even(x.to(tl.float16).to(tl.float32) * inverse[:, None]))
         acc_int += tl.dot(ca.to(tl.int8), tl.trans(W), out_dtype=tl.int32)  # exact
         if tl.load(block_flag_ptr + step) != 0:  # only blocks holding outlier columns
