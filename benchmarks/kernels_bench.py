@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import triton
 
+from quantbench.bench import measure_bandwidth
 from quantbench.kernels import Bnb4bitWeight, BnbInt8Weight, IntGroupWeight, reference, tinygemm, triton_bnb, triton_int, triton_int8
 from quantbench.kernels.weights import words_per_row
 
@@ -81,23 +82,6 @@ def random_int8_weight(rows: int, cols: int, seed: int) -> BnbInt8Weight:
     g = torch.Generator(device="cuda").manual_seed(seed)
     weight = torch.randint(-127, 128, (rows, cols), generator=g, device="cuda", dtype=torch.int8)
     return BnbInt8Weight(weight, torch.rand(rows, generator=g, device="cuda") * 0.1 + 0.01, 6.0)
-
-
-def copy_bandwidth(nbytes: int = 2 * 2**30, repeats: int = 10) -> float:
-    src = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / statistics.median(times)
 
 
 def graph_time(calls: list, replays: int = 5, samples: int = 5) -> tuple[float, float]:
@@ -220,7 +204,7 @@ def _repack_low_first(w):
 
 def main(out: Path) -> None:
     started = time.time()
-    copy_bw = copy_bandwidth()
+    copy_bw = measure_bandwidth("cuda")["bytes_per_s"]  # 2 GiB copy_, median of 10, read + written
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,

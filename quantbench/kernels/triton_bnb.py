@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from quantbench.errors import QuantbenchError
+from quantbench.kernels.triton_int import store_tile
 from quantbench.kernels.weights import Bnb4bitWeight
 
 CODES_PER_WORD = 8
@@ -145,14 +146,7 @@ def _gemm_kernel(
                 acc += tl.dot(x, tl.trans(W), input_precision="ieee")
             else:
                 acc += tl.dot(x, tl.trans(W.to(x.dtype)))
-    out = out_ptr + tokens[:, None].to(tl.int64) * stride_om + rows[None, :]
-    mask = (tokens[:, None] < M) & (rows[None, :] < N)
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows_safe).to(tl.float32)[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(out, acc, mask=mask)
+    store_tile(acc, out_ptr, bias_ptr, tokens, rows, M, N, stride_om, HAS_BIAS, SPLIT_K)
 
 
 @triton.jit

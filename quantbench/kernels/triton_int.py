@@ -8,16 +8,21 @@ a group when group_size is a multiple of its codes (checked by `unsupported`).
 
 Each code becomes a float without an int->float conversion (which runs at a quarter of the fp32 rate
 on NVIDIA GPUs): OR-ing q < 2^23 into the mantissa of 2^23 (bits 0x4B000000) gives the float 2^23 + q;
-subtracting 2^23 + z then leaves q - z exactly.
+subtracting 2^23 + z then leaves q - z exactly. For 2/4/8 bits the code is not even shifted down: in
+its 16-bit half of the word it sits at bit P, is masked in place (one LOP3 with the OR), and the zero
+point and x (or the scale) carry the factor 2^P instead, exactly.
 
-- `matmul`, batch 1: a GEMV; each program owns BLOCK_N rows and a slice of the columns (split-K),
-  walks them one chunk of at most one group at a time, and sums (q - z) * x per (row, unit) in fp32,
-  times the group's scale. The weights are multiplied exactly; only the summation order differs from
-  the reference.
-- `matmul`, batch > 1: per chunk and code position j, a (rows, units) tile of weights is dequantized
-  to x's dtype (as `dequantize(weight, x.dtype)` would round it) and fed to tl.dot with fp32
-  accumulation.
+- `matmul`, batch 1: a GEMV; each program owns `block_n` rows and a slice of the columns (split-K,
+  partials summed with fp32 atomics), walks them one chunk of at most one group at a time with the
+  next chunk's loads issued a step ahead, and sums (q - z) * x per (row, unit) in fp32, times the
+  group's scale. The weights are multiplied exactly; only the summation order differs from the
+  reference.
+- `matmul`, batch > 1 (or a GemmConfig given): per chunk (one group), the (rows, chunk) tile is
+  dequantized to x's dtype (as `dequantize(weight, x.dtype)` rounds it), put back in column order with
+  tl.interleave, and fed to one tl.dot with fp32 accumulation.
 - `dequantize`: the whole (rows, cols) weight, bit-exact with reference.dequantize_int_group.
+
+Default configurations come from the H200 sweep recorded in benchmarks/RESULTS.md ("kernels" section).
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from quantbench.errors import QuantbenchError
 from quantbench.kernels.weights import IntGroupWeight
 
 MAGIC = 0x4B000000  # the bits of 2^23 as an fp32
-TWO_23 = 8388608.0
 
 
 def unit_shape(bits: int) -> tuple[int, int]:
@@ -138,11 +142,11 @@ def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
 
 
 @triton.jit
-def _gemv_chunk_loads(row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, chunk, chunks,
+def _chunk_loads(row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, chunk, chunks,
                       BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
                       GROUP_SIZE: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
-    """The loads of one GEMV step: (first column, words, scale, zero point). A chunk past `chunks`
-    (the end of this program's split) reads chunk 0 with a zero scale, so it adds nothing."""
+    """The loads of one step over a chunk of columns: (first column, words, scale, zero point). A chunk
+    past `chunks` (the end of this program's split) reads chunk 0 with a zero scale: it adds nothing."""
     live = chunk < chunks
     col0 = tl.where(live, chunk, 0) * CHUNK
     word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
@@ -180,13 +184,13 @@ def _gemv_kernel(
     acc = tl.zeros((BLOCK_N, UNITS), dtype=tl.float32)
     # this program's chunks: pid_k * STEPS_PER_SPLIT + step; each step's loads are issued one step
     # ahead (registers as a second buffer), so every warp keeps two chunks of weights in flight
-    col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _gemv_chunk_loads(
+    col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _chunk_loads(
         row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, pid_k * STEPS_PER_SPLIT, chunks,
         BITS, UNIT_WORDS, UNIT_CODES, GROUP_SIZE, CHUNK,
     )  # fmt: skip
     for step in range(0, STEPS_PER_SPLIT):
         col0, w0, w1, w2, scale, z = col0_next, w0_next, w1_next, w2_next, scale_next, z_next
-        col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _gemv_chunk_loads(
+        col0_next, w0_next, w1_next, w2_next, scale_next, z_next = _chunk_loads(
             row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, pid_k * STEPS_PER_SPLIT + step + 1,
             tl.minimum(chunks, (pid_k + 1) * STEPS_PER_SPLIT), BITS, UNIT_WORDS, UNIT_CODES, GROUP_SIZE, CHUNK,
         )  # fmt: skip
@@ -334,33 +338,28 @@ def _gemm_kernel(
     chunks = K // CHUNK
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(0, STEPS_PER_SPLIT):
-        chunk = pid_k * STEPS_PER_SPLIT + step
-        live = chunk < chunks
-        chunk = tl.where(live, chunk, 0)
-        col0 = chunk * CHUNK
-        word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
-        w0 = tl.load(word)
-        if UNIT_WORDS == 3:
-            w1 = tl.load(word + 1)
-            w2 = tl.load(word + 2)
-        else:
-            w1 = w0
-            w2 = w0
-        group = col0 // GROUP_SIZE
-        scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
-        scale = tl.where(live, scale, 0.0)
-        zero = _zero_points(zero_ptr, rows_safe, group, groups, zero_words, BITS).to(tl.float32)
+        col0, w0, w1, w2, scale, zero = _chunk_loads(
+            row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, pid_k * STEPS_PER_SPLIT + step, chunks,
+            BITS, UNIT_WORDS, UNIT_CODES, GROUP_SIZE, CHUNK,
+        )  # fmt: skip
         x = tl.load(x_rows + (col0 + cols)[None, :])  # (BLOCK_M, CHUNK)
         W = _weights_in_order(w0, w1, w2, zero, scale, magic, BITS, UNIT_WORDS, UNIT_CODES, x.dtype)  # (BLOCK_N, CHUNK)
         if FP32_DOT:
             acc += tl.dot(x, tl.trans(W), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(W))
+    store_tile(acc, out_ptr, bias_ptr, tokens, rows, M, N, stride_om, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def store_tile(acc, out_ptr, bias_ptr, tokens, rows, M, N, stride_om, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Write a (tokens, rows) fp32 tile: plus bias and cast to the output's dtype, or, split along the
+    columns, added into a zeroed fp32 buffer (the wrapper then adds the bias and casts)."""
     out = out_ptr + tokens[:, None].to(tl.int64) * stride_om + rows[None, :]
     mask = (tokens[:, None] < M) & (rows[None, :] < N)
     if SPLIT_K == 1:
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows_safe).to(tl.float32)[None, :]
+            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.atomic_add(out, acc, mask=mask)
