@@ -142,6 +142,16 @@ def _zero_points(zero_ptr, rows, group, groups, zero_words, BITS: tl.constexpr):
 
 
 @triton.jit
+def _unit_words(word, UNIT_WORDS: tl.constexpr):
+    """The words of the units at pointers `word`: three for 3 bits, else one (passed three times)."""
+    w0 = tl.load(word)
+    if UNIT_WORDS == 3:
+        return w0, tl.load(word + 1), tl.load(word + 2)
+    else:
+        return w0, w0, w0
+
+
+@triton.jit
 def _chunk_loads(row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_words, chunk, chunks,
                       BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
                       GROUP_SIZE: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
@@ -150,13 +160,7 @@ def _chunk_loads(row_words, rows_safe, units, scale_ptr, zero_ptr, groups, zero_
     live = chunk < chunks
     col0 = tl.where(live, chunk, 0) * CHUNK
     word = row_words + (col0 // UNIT_CODES + units)[None, :] * UNIT_WORDS  # (BLOCK_N, UNITS)
-    w0 = tl.load(word)
-    if UNIT_WORDS == 3:
-        w1 = tl.load(word + 1)
-        w2 = tl.load(word + 2)
-    else:
-        w1 = w0
-        w2 = w0
+    w0, w1, w2 = _unit_words(word, UNIT_WORDS)
     group = col0 // GROUP_SIZE
     scale = tl.load(scale_ptr + rows_safe * groups + group).to(tl.float32)  # (BLOCK_N,)
     scale = tl.where(live, scale, 0.0)
@@ -382,13 +386,7 @@ def _dequantize_kernel(
     rows_safe = tl.minimum(rows, N - 1)
     unit_safe = tl.minimum(unit, K // UNIT_CODES - 1)
     word = packed_ptr + rows_safe[:, None].to(tl.int64) * words_per_row + unit_safe[None, :] * UNIT_WORDS
-    w0 = tl.load(word)
-    if UNIT_WORDS == 3:
-        w1 = tl.load(word + 1)
-        w2 = tl.load(word + 2)
-    else:
-        w1 = w0
-        w2 = w0
+    w0, w1, w2 = _unit_words(word, UNIT_WORDS)
     group = (unit_safe * UNIT_CODES) // GROUP_SIZE
     scale = tl.load(scale_ptr + rows_safe[:, None] * groups + group[None, :]).to(tl.float32)
     zero = _zero_points(zero_ptr, rows_safe[:, None], group[None, :], groups, zero_words, BITS).to(tl.float32) + 8388608.0
