@@ -10,7 +10,10 @@ The public surface (what a runtime such as the fast CUDA decoder calls):
     reference  dequantize_int_group, matmul_int_group, dequantize_bnb_4bit, matmul_bnb_4bit,
                dequantize_bnb_int8, matmul_bnb_int8 (the outlier decomposition), matmul_dense
     registry   INT_GROUP, BNB_4BIT, BNB_INT8, DENSE; kernels_for(format) -> FormatKernels;
-               pick_fast(format, weight, device, x_dtype) -> FastKernel (.prepare once, .matmul per step)
+               pick_fast(format, weight, device, x_dtype, prefer=None) -> FastKernel (.prepare once at
+               load, .matmul(x, prepared, bias) per step, .numerics says how it differs from the reference)
+    fast       triton_int (int-group GEMV / tensor-core GEMM / dequantize), tinygemm (int4, repacked),
+               triton_bnb (nf4/fp4), triton_int8 (LLM.int8); imported only when first used (they need Triton)
 
 Each weight class's docstring draws its packed layout (dtypes, shapes, bit order). Every matmul is
 y = x @ W.T (+ bias): x (..., cols) in fp16/bf16/fp32, y (..., rows) in x's dtype.
