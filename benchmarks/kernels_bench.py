@@ -202,7 +202,32 @@ def _repack_low_first(w):
     return tinygemm.TinygemmInt4Weight(torch.ops.aten._convert_weight_to_int4pack(nibbles, 8), good.scales_and_zeros, w.rows, w.cols, w.group_size)
 
 
-def main(out: Path) -> None:
+def recheck_bnb_and_int8(rec, copy_bw, started):
+    """The nf4 and LLM.int8 kernels only, default configurations, batch 1 and 8, the 14336-wide shapes:
+    a short re-measure after a kernel change."""
+    for rows, cols in SHAPES[:2]:
+        for dq in (False, True):
+            base = random_bnb_weight(rows, cols, dq, seed=0)
+            weights = [base] + [random_bnb_weight(rows, cols, dq, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
+            for batch in (1, 8):
+                x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
+                med, best = graph_time([lambda w=w: triton_bnb.matmul(x, w) for w in weights])
+                bench_row(rec, copy_bw, "triton-bnb-nf4" + ("-dq" if dq else ""), {"default": True}, 4, rows, cols, batch, med, best, base.stored_bytes())
+            del weights
+        base = random_int8_weight(rows, cols, seed=0)
+        weights = [base] + [random_int8_weight(rows, cols, seed=i) for i in range(1, copies_for(base.stored_bytes()))]
+        for batch in (1, 8):
+            x = torch.randn(batch, cols, device="cuda", dtype=torch.bfloat16)
+            med, best = graph_time([lambda w=w: triton_int8.matmul(x, w) for w in weights])
+            bench_row(rec, copy_bw, "triton-llm-int8", {"default": True}, 8, rows, cols, batch, med, best, base.stored_bytes())
+        del weights
+        torch.cuda.empty_cache()
+
+
+SECTIONS = ("checks", "int4_sweep", "bnb_and_int8", "other_bits", "recheck_bnb_and_int8")
+
+
+def main(out: Path, sections: list[str]) -> None:
     started = time.time()
     copy_bw = measure_bandwidth("cuda")["bytes_per_s"]  # 2 GiB copy_, median of 10, read + written
     meta = {
@@ -214,7 +239,7 @@ def main(out: Path) -> None:
     }  # fmt: skip
     rec = Recorder(out, meta)
     print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
-    for section in (checks, int4_sweep, bnb_and_int8, other_bits):
+    for section in [globals()[name] for name in sections]:
         try:
             section(rec, copy_bw, started)
         except Exception as e:  # one broken section is reported, the others still run
@@ -334,5 +359,9 @@ def to_markdown(data: dict) -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "--markdown":
         print(to_markdown(json.loads(Path(sys.argv[2]).read_text())))
-    else:
-        main(Path(sys.argv[1]))
+    else:  # OUT.json [section ...]; all four measuring sections by default
+        names = sys.argv[2:] or ["checks", "int4_sweep", "bnb_and_int8", "other_bits"]
+        unknown = [n for n in names if n not in SECTIONS]
+        if unknown:
+            sys.exit(f"unknown sections {unknown}; choose from {sorted(SECTIONS)}")
+        main(Path(sys.argv[1]), names)
