@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # quantbench/kernels' Triton kernels run on CPU in Triton's interpreter. It must be on before Triton is
+    # first imported (bitsandbytes imports it), since Triton's own jit helpers (tl.zeros, tl.sum) are built then.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def tiny_text() -> str:

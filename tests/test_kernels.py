@@ -2,8 +2,8 @@
 and LLM.int8 matmul, compressed-tensors' decompressor, a naive computation from the codes written
 here), and each fast kernel against its reference on awkward shapes.
 
-Triton kernels run on this CPU through Triton's interpreter (TRITON_INTERPRET=1, set below before
-Triton is imported): tiny shapes only. Thresholds: dequantization is bit-exact; a matmul agrees with
+Triton kernels run on this CPU through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py
+before anything imports Triton): tiny shapes only. Thresholds: dequantization is bit-exact; a matmul agrees with
 the float64 product of the same weights within bf16 rounding (stated per test).
 """
 
@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
-
-import pytest  # noqa: E402
-
-from quantbench.errors import QuantbenchError  # noqa: E402
-from quantbench.formats.compressed_tensors import encode_linear  # noqa: E402
-from quantbench.kernels import (  # noqa: E402
+from quantbench.errors import QuantbenchError
+from quantbench.formats.compressed_tensors import encode_linear
+from quantbench.kernels import (
     BNB_4BIT,
     DENSE,
     INT_GROUP,
@@ -37,7 +33,7 @@ from quantbench.kernels import (  # noqa: E402
     matmul_int_group,
     pick_fast,
 )
-from quantbench.methods.rtn import QuantizedLinear  # noqa: E402
+from quantbench.methods.rtn import QuantizedLinear
 
 BF16_ULP = 2.0**-8  # relative spacing of bf16 values (7 stored mantissa bits): rounding is within half
 
