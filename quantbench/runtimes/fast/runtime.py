@@ -1,0 +1,247 @@
+"""The `quantbench` runtime: quantbench's own decoder over packed weights, decode replayed as one CUDA graph.
+
+Loads the artifacts quantbench writes (floats, compressed-tensors int-grid, bitsandbytes 4-bit and
+int8) with every linear kept in its stored format on the device (see stored.py, linears.py), so
+memory is the stored bytes plus the KV cache. On CUDA, the first decode after a prefill captures
+`Decoder.step` as a CUDA graph (no torch.compile: capture takes a second, not a minute); every further
+token is one graph replay. On a CPU it runs the same code eagerly (for tests; it is not fast there).
+
+Anything it cannot run gives one error naming `--runtime transformers`; it never falls back silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from quantbench.arch import ArchSpec
+from quantbench.errors import QuantbenchError
+from quantbench.runtimes.base import Runtime
+from quantbench.runtimes.fast import stored
+from quantbench.runtimes.fast.decoder import Decoder, GraphedStep, Layer
+from quantbench.runtimes.fast.linears import DenseLinear, Linear, make_linear
+
+log = logging.getLogger(__name__)
+
+NAME = "quantbench"
+CACHE_ROUND = 128  # cache lengths rounded up, so nearby prompt lengths reuse one cache and graph
+
+
+def _hf_config(config: dict):
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config", "dtype", "torch_dtype")}
+    return AutoConfig.for_model(config["model_type"], **fields)
+
+
+def _eos_ids(config: dict, folder: Path | None) -> set[int]:
+    eos = config.get("eos_token_id")
+    if folder is not None and (folder / "generation_config.json").is_file():
+        eos = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id", eos)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, list) else [eos])}
+
+
+class FastRuntime(Runtime):
+    name = NAME
+
+    def __init__(self, decoder: Decoder, kind: stored.ArtifactKind, device: str, eos: set[int], kernels: dict[str, str],
+                 numerics: list[str], weight_bytes: int):
+        from quantbench.runtimes.hf import describe_device
+
+        self.decoder = decoder
+        self.kind = kind
+        self._torch_device = torch.device(device)
+        self.device = describe_device(device)
+        self.dtype = str(decoder.dtype).removeprefix("torch.")
+        self.eos = eos
+        self.kernels = kernels  # role -> kernel used, for the record
+        self.numerics = numerics  # where the arithmetic differs from what the artifact means
+        self.weight_bytes = weight_bytes  # resident bytes of every weight on the device
+        self._graph: GraphedStep | None = None
+        self._prefilled = False
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path, device: str, dtype: torch.dtype | None = None) -> "FastRuntime":
+        """An artifact folder written by quantbench (or any HF folder of a family stored.py reads)."""
+        path = Path(path)
+        if path.is_file() and path.suffix == ".gguf":
+            raise QuantbenchError("the quantbench runtime does not run GGUF files; use --runtime llama.cpp")
+        config = stored.load_config(path)
+        return cls.from_source(config, stored.TensorSource(folder=path), device, dtype, eos=_eos_ids(config, path))
+
+    @classmethod
+    def from_source(cls, config: dict, source: stored.TensorSource, device: str, dtype: torch.dtype | None = None,
+                    eos: set[int] | None = None) -> "FastRuntime":
+        kind = stored.artifact_kind(config)
+        arch = ArchSpec.from_config(config)
+        compute = dtype or kind.dtype
+        if compute == torch.float32 and kind.family == "float" and kind.dtype != torch.float32:
+            log.info("computing a %s artifact in float32", kind.dtype)
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            _check_fits(source, dev)
+        hf_config = _hf_config(config)
+        kernels: dict[str, str] = {}
+        numerics: set[str] = set()
+
+        def dense(name: str) -> torch.Tensor:
+            return source.get(name).to(device=dev, dtype=compute)
+
+        def linear(module: str, role: str) -> Linear:
+            packed = stored.move(stored.read_linear(source, module, kind), dev)
+            bias_name = f"{module}.bias"
+            bias = dense(bias_name) if bias_name in source else None
+            lin = make_linear(packed, compute, bias)
+            kernels.setdefault(role, lin.kernel)
+            if lin.numerics != "the artifact's own":
+                numerics.add(lin.numerics)
+            return lin
+
+        layers = []
+        for i in range(arch.num_layers):
+            p = f"model.layers.{i}."
+            qkv = [linear(p + f"self_attn.{n}_proj", "attention q/k/v") for n in ("q", "k", "v")]
+            gate_up = [linear(p + f"mlp.{n}_proj", "mlp gate/up") for n in ("gate", "up")]
+            layers.append(Layer(
+                attn_norm=dense(p + "input_layernorm.weight"),
+                qkv=_fuse(qkv),
+                o=linear(p + "self_attn.o_proj", "attention out"),
+                ffn_norm=dense(p + "post_attention_layernorm.weight"),
+                gate_up=_fuse(gate_up),
+                down=linear(p + "mlp.down_proj", "mlp down"),
+            ))
+        embed = dense("model.embed_tokens.weight")
+        lm_head = None
+        if not arch.tie_word_embeddings:
+            lm_head = linear("lm_head", "lm_head")
+        else:
+            kernels["lm_head"] = "cuBLAS (tied to the embedding table)"
+        decoder = Decoder(arch, hf_config, embed, layers, dense("model.norm.weight"), lm_head, compute, dev)
+        weight_bytes = embed.nbytes + decoder.norm.nbytes + sum(
+            l.attn_norm.nbytes + l.ffn_norm.nbytes + sum(x.nbytes for x in (*l.qkv, l.o, *l.gate_up, l.down)) for l in layers
+        ) + (0 if lm_head is None else lm_head.nbytes)
+        return cls(decoder, kind, device, eos if eos is not None else _eos_ids(config, None), kernels, sorted(numerics), weight_bytes)
+
+    # -- Runtime surface ---------------------------------------------------------------------------
+
+    def _ids(self, ids: Sequence[int], batch: int = 1) -> torch.Tensor:
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise QuantbenchError("no tokens to evaluate")
+        vocab = self.decoder.embed.shape[0]
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise QuantbenchError(f"token id {bad[0]} is outside the vocabulary of {vocab}: text tokenized for another model")
+        return torch.tensor([ids] * batch, dtype=torch.long, device=self._torch_device)
+
+    def _reserve(self, batch: int, length: int) -> None:
+        length = min(-(-length // CACHE_ROUND) * CACHE_ROUND, max(length, self.decoder.max_positions))
+        if self.decoder.ensure_cache(batch, length):
+            self._graph = None
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        x = self._ids(ids)
+        self._reserve(1, x.shape[1])
+        out = self.decoder.prefill(x, all_logits=True)[0].cpu()
+        self._prefilled = True
+        return out
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int], batch: int = 1, room: int = 256) -> None:
+        """Fill a fresh cache with `ids` in each of `batch` rows; `room` positions stay free for decode."""
+        if batch < 1:
+            raise QuantbenchError("batch must be at least 1")
+        x = self._ids(ids, batch)
+        self._reserve(batch, x.shape[1] + room)
+        self.decoder.prefill(x)
+        self._prefilled = True
+        self._end = x.shape[1]
+
+    def decode(self, new_tokens: int) -> None:
+        if not self._prefilled:
+            raise QuantbenchError("decode() needs a prefill() first")
+        if self._end + new_tokens > self.decoder.cache_length:
+            raise QuantbenchError(
+                f"the cache holds {self.decoder.cache_length} positions; prefill with room={new_tokens} or more"
+            )
+        step = self._step_fn()
+        for _ in range(new_tokens):
+            step()
+        self._end += new_tokens
+
+    def _step_fn(self):
+        if self._torch_device.type != "cuda":
+            return lambda: torch.inference_mode()(self.decoder.step)()
+        if self._graph is None or not self._graph.valid_for(self.decoder):
+            self._graph = GraphedStep(self.decoder)
+        return self._graph.replay
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        self.prefill(ids, 1, room=max_new_tokens + 1)
+        new: list[int] = []
+        step = None
+        while len(new) < max_new_tokens:
+            token = int(self.decoder.token[0])
+            if token in self.eos:
+                break
+            new.append(token)
+            if len(new) == max_new_tokens:
+                break
+            step = step or self._step_fn()
+            step()
+            self._end += 1
+        return new
+
+    def synchronize(self) -> None:
+        if self._torch_device.type == "cuda":
+            torch.cuda.synchronize(self._torch_device)
+
+    def reported_footprint_bytes(self) -> int | None:
+        """The runtime's own count: every weight tensor it holds on the device, packed as stored."""
+        return self.weight_bytes
+
+    def close(self) -> None:
+        self._graph = None
+        self.decoder = None
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _fuse(linears: list[Linear]) -> list[Linear]:
+    """Dense linears that read the same input become one matrix (one GEMV instead of several)."""
+    if all(isinstance(lin, DenseLinear) for lin in linears):
+        weight = torch.cat([lin.packed.weight for lin in linears], dim=0)
+        biases = [lin.bias for lin in linears]
+        bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        if any(b is not None for b in biases) and bias is None:
+            return linears
+        for lin in linears:  # drop the parts before the next layer loads: one layer's copy at a time
+            lin.packed = None
+        return [DenseLinear(stored.PackedDense(weight), weight.dtype, bias)]
+    return linears
+
+
+def _check_fits(source: stored.TensorSource, device: torch.device) -> None:
+    """Predict out-of-memory before loading: stored bytes against the device's free memory."""
+    total = source.total_bytes()
+    free, _ = torch.cuda.mem_get_info(device)
+    if total > free:
+        from quantbench.plan import format_bytes
+
+        raise QuantbenchError(
+            f"the artifact's weights need {format_bytes(total)} on {device} but only {format_bytes(free)} is free; "
+            "free the GPU or pick a smaller method"
+        )
+
+
+def open_fast(artifact: Path, device: str, dtype: torch.dtype | None = None) -> FastRuntime:
+    return FastRuntime.load(artifact, device, dtype)
