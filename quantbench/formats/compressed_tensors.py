@@ -113,11 +113,11 @@ def encode_linear(weight: IntGridWeight) -> dict[str, torch.Tensor]:
         )
     if cols % weight.group_size or weight.scales.shape != (rows, cols // weight.group_size):
         raise QuantbenchError(f"group size {weight.group_size} does not tile {cols} columns; compressed-tensors has no ragged groups")
-    return {
-        "weight_packed": pack_int32(weight.codes.cpu(), weight.bits),
-        "weight_scale": weight.scales.cpu().contiguous(),
-        "weight_zero_point": pack_int32(weight.zeros.cpu().T, weight.bits).T.contiguous(),
-        "weight_shape": torch.tensor([rows, cols], dtype=torch.int64),
+    return {  # on the weight's own device (the writer moves them to the CPU)
+        "weight_packed": pack_int32(weight.codes, weight.bits),
+        "weight_scale": weight.scales.contiguous(),
+        "weight_zero_point": pack_int32(weight.zeros.T, weight.bits).T.contiguous(),
+        "weight_shape": torch.tensor([rows, cols], dtype=torch.int64, device=weight.codes.device),
     }
 
 
@@ -196,7 +196,7 @@ def write_checkpoint(
     tensors: dict[str, torch.Tensor] = {name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous() for name, t in dense.items()}
     for module, weight in linears.items():
         for suffix, t in encode_linear(weight).items():
-            tensors[f"{module}.{suffix}"] = t
+            tensors[f"{module}.{suffix}"] = t.cpu()
     config = dict(hf_config)
     config["quantization_config"] = quantization_config(bits.pop(), sizes.pop(), scale_dtypes.pop(), ignore)
     config["dtype"] = _DTYPE_NAMES[dtype]

@@ -23,7 +23,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.runtimes.base import Runtime
 from quantbench.runtimes.fast import stored
 from quantbench.runtimes.fast.decoder import Decoder, GraphedStep, Layer
-from quantbench.runtimes.fast.linears import DenseLinear, Linear, make_linear
+from quantbench.runtimes.fast.linears import OWN_NUMERICS, Linear, fuse_dense
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class FastRuntime(Runtime):
         if path.is_file() and path.suffix == ".gguf":
             raise QuantbenchError("the quantbench runtime does not run GGUF files; use --runtime llama.cpp")
         config = stored.load_config(path)
+        stored.artifact_kind(config)  # refuse what it cannot run before reading any weights
         return cls.from_source(config, stored.TensorSource(folder=path), device, dtype, eos=_eos_ids(config, path))
 
     @classmethod
@@ -96,12 +97,12 @@ class FastRuntime(Runtime):
             return source.get(name).to(device=dev, dtype=compute)
 
         def linear(module: str, role: str) -> Linear:
-            packed = stored.move(stored.read_linear(source, module, kind), dev)
+            weight = stored.move(stored.read_linear(source, module, kind), dev, compute)
             bias_name = f"{module}.bias"
             bias = dense(bias_name) if bias_name in source else None
-            lin = make_linear(packed, compute, bias)
+            lin = Linear(weight, bias, compute)
             kernels.setdefault(role, lin.kernel)
-            if lin.numerics != "the artifact's own":
+            if lin.numerics != OWN_NUMERICS:
                 numerics.add(lin.numerics)
             return lin
 
@@ -112,10 +113,10 @@ class FastRuntime(Runtime):
             gate_up = [linear(p + f"mlp.{n}_proj", "mlp gate/up") for n in ("gate", "up")]
             layers.append(Layer(
                 attn_norm=dense(p + "input_layernorm.weight"),
-                qkv=_fuse(qkv),
+                qkv=fuse_dense(qkv),
                 o=linear(p + "self_attn.o_proj", "attention out"),
                 ffn_norm=dense(p + "post_attention_layernorm.weight"),
-                gate_up=_fuse(gate_up),
+                gate_up=fuse_dense(gate_up),
                 down=linear(p + "mlp.down_proj", "mlp down"),
             ))
         embed = dense("model.embed_tokens.weight")
@@ -214,20 +215,6 @@ class FastRuntime(Runtime):
         self.decoder = None
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def _fuse(linears: list[Linear]) -> list[Linear]:
-    """Dense linears that read the same input become one matrix (one GEMV instead of several)."""
-    if all(isinstance(lin, DenseLinear) for lin in linears):
-        weight = torch.cat([lin.packed.weight for lin in linears], dim=0)
-        biases = [lin.bias for lin in linears]
-        bias = torch.cat(biases) if all(b is not None for b in biases) else None
-        if any(b is not None for b in biases) and bias is None:
-            return linears
-        for lin in linears:  # drop the parts before the next layer loads: one layer's copy at a time
-            lin.packed = None
-        return [DenseLinear(stored.PackedDense(weight), weight.dtype, bias)]
-    return linears
 
 
 def _check_fits(source: stored.TensorSource, device: torch.device) -> None:

@@ -1,8 +1,8 @@
 """Read an artifact's tensors exactly as stored: which family wrote it, and each linear still packed.
 
 The fast runtime never dequantizes a whole model. This module only collects, per linear, the stored
-tensors of its format into one small record (a `Packed*` below); `linears.py` turns each record into
-something that multiplies. The same reader takes a folder of safetensors (what `quantize` writes) or
+tensors of its format into the weight class of `quantbench.kernels` for that format (no repacking);
+`linears.py` pairs each with a kernel. The same reader takes a folder of safetensors (what `quantize` writes) or
 a name -> tensor mapping holding the same keys (what the synthetic bench hands over after packing random
 weights with the recipe's own format code), so both go through one loader.
 
@@ -24,11 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 import torch
 
-from quantbench.arch import LINEAR, ArchSpec
 from quantbench.errors import QuantbenchError
 
 # The architectures this runtime's decoder implements (pre-norm Llama layout, rotary, GQA, SwiGLU).
@@ -44,86 +41,17 @@ def unsupported(what: str) -> QuantbenchError:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-format records of one linear, as stored
-
-
-@dataclass(frozen=True)
-class PackedDense:
-    weight: torch.Tensor  # (rows, cols)
-    storage: str = "dense"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.weight.shape)
-
-
-@dataclass(frozen=True)
-class PackedIntGrid:
-    """compressed-tensors pack-quantized: W = scale * (q - zero), groups of `group_size` along cols."""
-
-    weight_packed: torch.Tensor  # int32 (rows, ceil(cols*bits/32)), dense bit stream, LSB first
-    weight_scale: torch.Tensor  # (rows, groups) fp16/bf16
-    weight_zero_point: torch.Tensor  # int32 (ceil(rows*bits/32), groups), packed down the rows
-    bits: int
-    group_size: int
-    rows: int
-    cols: int
-    storage: str = "int-grid"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.rows, self.cols)
-
-
-@dataclass(frozen=True)
-class PackedBnb4bit:
-    """bitsandbytes NF4/FP4: W.flatten()[i] = quant_map[code_i] * absmax[i // blocksize]."""
-
-    codes: torch.Tensor  # uint8 (ceil(n/2),): element 2j in the high nibble, 2j+1 in the low
-    absmax: torch.Tensor  # fp32 (blocks,) or, double quant, uint8 (blocks,) codes into nested_quant_map
-    quant_map: torch.Tensor  # fp32 (16,)
-    quant_type: str  # "nf4" or "fp4"
-    blocksize: int
-    rows: int
-    cols: int
-    nested_absmax: torch.Tensor | None = None  # fp32 (ceil(blocks/nested_blocksize),)
-    nested_quant_map: torch.Tensor | None = None  # fp32 (256,) signed dynamic map
-    nested_blocksize: int = 0
-    nested_offset: float = 0.0  # mean of the absmax values, added back after the nested lookup
-    storage: str = "bnb-4bit"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.rows, self.cols)
-
-    @property
-    def double_quant(self) -> bool:
-        return self.nested_absmax is not None
-
-
-@dataclass(frozen=True)
-class PackedInt8Rows:
-    """bitsandbytes LLM.int8 storage: int8 weight with one fp32 absmax per row (SCB)."""
-
-    weight: torch.Tensor  # int8 (rows, cols)
-    SCB: torch.Tensor  # fp32 (rows,)
-    threshold: float  # LLM.int8 outlier threshold from the artifact's config (0: none)
-    storage: str = "bnb-int8"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.weight.shape)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Where the tensors come from
 
 
 class TensorSource:
     """Stored tensors by name: safetensors files of a folder, or an in-memory mapping with the same keys."""
 
-    def __init__(self, folder: Path | None = None, tensors: Mapping[str, torch.Tensor] | None = None):
+    def __init__(self, folder: Path | None = None, tensors: dict[str, torch.Tensor] | None = None, consume: bool = False):
+        """consume=True: each tensor is taken out of `tensors` as it is read, so a caller that hands over
+        its packed tensors holds no second reference to what the runtime keeps or transforms."""
         self._tensors = tensors
+        self._consume = consume
         self._where: dict[str, Path] = {}
         if folder is not None:
             from safetensors import safe_open
@@ -145,18 +73,17 @@ class TensorSource:
 
     def total_bytes(self) -> int:
         """Bytes of every stored tensor (from the safetensors headers: nothing is read)."""
+        from quantbench.formats.safetensors import tensor_bytes
+
         if self._tensors is not None:
             return sum(t.nbytes for t in self._tensors.values())
-        total = 0
-        for shard in set(self._where.values()):
-            with open(shard, "rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
-        return total
+        return sum(sum(tensor_bytes(shard).values()) for shard in set(self._where.values()))
 
     def get(self, name: str) -> torch.Tensor:
         if self._tensors is not None:
-            return self._tensors[name]
+            if name not in self._tensors:
+                raise QuantbenchError(f"no tensor {name} among the tensors handed over")
+            return self._tensors.pop(name) if self._consume else self._tensors[name]
         if name not in self._where:
             raise QuantbenchError(f"the artifact has no tensor {name}: incomplete or not written by this format")
         shard = self._where[name]
@@ -210,68 +137,82 @@ def artifact_kind(config: dict) -> ArtifactKind:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reading one linear
+# Reading one linear, into the weight classes of quantbench.kernels (their docstrings draw the layouts)
 
 
-def read_linear(source: TensorSource, module: str, kind: ArtifactKind) -> PackedDense | PackedIntGrid | PackedBnb4bit | PackedInt8Rows:
-    """The stored tensors of linear `module` (e.g. "model.layers.0.self_attn.q_proj"), still packed."""
+def read_linear(source: TensorSource, module: str, kind: ArtifactKind):
+    """The stored tensors of linear `module` (e.g. "model.layers.0.self_attn.q_proj"), still packed:
+    a plain tensor (dense), or a kernels.IntGroupWeight / Bnb4bitWeight / BnbInt8Weight."""
+    from quantbench import kernels
+
     if kind.family == "float":
-        return PackedDense(source.get(f"{module}.weight"))
+        return source.get(f"{module}.weight")
     if kind.family == "compressed-tensors":
-        if f"{module}.weight_packed" not in source:  # listed in `ignore`: stored dense
-            return PackedDense(source.get(f"{module}.weight"))
-        rows, cols = (int(x) for x in source.get(f"{module}.weight_shape"))
-        return PackedIntGrid(source.get(f"{module}.weight_packed"), source.get(f"{module}.weight_scale"),
-                             source.get(f"{module}.weight_zero_point"), kind.bits, kind.group_size, rows, cols)
+        if f"{module}.weight_packed" not in source:  # listed in `ignore` (lm_head): stored dense
+            return source.get(f"{module}.weight")
+        suffixes = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+        return kernels.IntGroupWeight.from_stored({s: source.get(f"{module}.{s}") for s in suffixes}, kind.bits, kind.group_size)
     if kind.family == "bitsandbytes-8bit":
         if f"{module}.SCB" not in source:  # not quantized (lm_head): stored dense
-            return PackedDense(source.get(f"{module}.weight"))
-        return PackedInt8Rows(source.get(f"{module}.weight"), source.get(f"{module}.SCB").float(), kind.int8_threshold)
+            return source.get(f"{module}.weight")
+        return kernels.BnbInt8Weight(source.get(f"{module}.weight"), source.get(f"{module}.SCB").float(), kind.int8_threshold)
     if kind.family == "bitsandbytes-4bit":
         return _read_bnb4bit(source, module)
     raise unsupported(f"family {kind.family}")
 
 
-def _read_bnb4bit(source: TensorSource, module: str) -> PackedBnb4bit | PackedDense:
+def _read_bnb4bit(source: TensorSource, module: str):
+    from quantbench import kernels
+
     prefix = f"{module}.weight.quant_state.bitsandbytes__"
     state_key = next((k for k in (prefix + "nf4", prefix + "fp4") if k in source), None)
-    if state_key is None:  # not quantized (bitsandbytes skips some modules): stored dense
-        return PackedDense(source.get(f"{module}.weight"))
+    if state_key is None:  # not quantized (lm_head): stored dense
+        return source.get(f"{module}.weight")
     state = json.loads(bytes(source.get(state_key).tolist()).decode("utf-8"))
     rows, cols = state["shape"]
     absmax = source.get(f"{module}.weight.absmax")
     if absmax.dtype not in (torch.float32, torch.uint8):
         raise unsupported(f"{module}: bitsandbytes absmax stored as {absmax.dtype} (its CPU-repacked layout)")
     nested = "nested_blocksize" in state
-    return PackedBnb4bit(
-        codes=source.get(f"{module}.weight").reshape(-1),
+    return kernels.Bnb4bitWeight(
+        packed=source.get(f"{module}.weight").reshape(-1),
         absmax=absmax,
-        quant_map=source.get(f"{module}.weight.quant_map").float(),
-        quant_type=state["quant_type"],
-        blocksize=int(state["blocksize"]),
+        code=source.get(f"{module}.weight.quant_map").float(),
         rows=int(rows),
         cols=int(cols),
+        quant_type=state["quant_type"],
+        blocksize=int(state["blocksize"]),
         nested_absmax=source.get(f"{module}.weight.nested_absmax").float() if nested else None,
-        nested_quant_map=source.get(f"{module}.weight.nested_quant_map").float() if nested else None,
-        nested_blocksize=int(state.get("nested_blocksize", 0)),
-        nested_offset=float(state.get("nested_offset", 0.0)),
+        nested_code=source.get(f"{module}.weight.nested_quant_map").float() if nested else None,
+        nested_offset=torch.tensor(float(state["nested_offset"]), dtype=torch.float32) if nested else None,
+        nested_blocksize=int(state.get("nested_blocksize", 256)),
     )
 
 
-def linear_modules(arch: ArchSpec) -> list[str]:
-    """Module names of every decoder linear, in checkpoint order (from the arch record)."""
-    return [t.name.removesuffix(".weight") for t in arch.tensors() if t.role == LINEAR]
+def weight_format(weight) -> str:
+    """The kernels registry's name for a weight read by read_linear."""
+    from quantbench import kernels
+
+    if isinstance(weight, torch.Tensor):
+        return kernels.DENSE
+    return {kernels.IntGroupWeight: kernels.INT_GROUP, kernels.Bnb4bitWeight: kernels.BNB_4BIT,
+            kernels.BnbInt8Weight: kernels.BNB_INT8}[type(weight)]
 
 
-def stored_nbytes(packed) -> int:
-    """Bytes of the tensors one record holds (what the device keeps for that linear)."""
-    return sum(t.numel() * t.element_size() for t in vars(packed).values() if isinstance(t, torch.Tensor))
+def stored_nbytes(weight) -> int:
+    if isinstance(weight, torch.Tensor):
+        return weight.nbytes
+    return weight.stored_bytes()
 
 
-def move(packed, device: torch.device):
-    """The same record with every tensor on `device` (non-blocking from pinned memory is not needed here)."""
-    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(packed).items()}
-    return type(packed)(**fields)
+def move(weight, device: torch.device, dense_dtype: torch.dtype):
+    """The same weight with every tensor on `device` (a dense weight also cast to the compute dtype)."""
+    import dataclasses
+
+    if isinstance(weight, torch.Tensor):
+        return weight.to(device=device, dtype=dense_dtype)
+    fields = {f.name: getattr(weight, f.name) for f in dataclasses.fields(weight)}
+    return type(weight)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in fields.items()})
 
 
 def load_config(folder: Path) -> dict:
