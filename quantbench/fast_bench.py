@@ -119,6 +119,7 @@ def _measure_batch(runtime, arch, recipe, device, bandwidth, prompt_ids, new_tok
         "ceiling_decode_tok_s": ceiling,
         "fraction_of_ceiling": speed["decode_tok_s"] / ceiling,
         "kernels": dict(runtime.kernels),
+        "decode_mode": runtime.decode_mode,
         "numerics": list(runtime.numerics),
         "compute_dtype": runtime.dtype,
     }

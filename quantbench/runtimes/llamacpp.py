@@ -36,6 +36,8 @@ INSTALL_HINT = (
 _log_callback = None  # the ctypes callback must outlive every call into llama.cpp
 # llama.cpp's last log lines, quoted in error messages (it reports failures only through its log).
 recent_log: collections.deque[str] = collections.deque(maxlen=40)
+# llama.cpp's own report of each backend buffer it allocates ("CUDA0 model buffer size = 15317.02 MiB").
+buffer_log: collections.deque[str] = collections.deque(maxlen=64)
 
 
 KV_CACHE_TYPES = ("F32", "F16", "BF16", "Q8_0")  # ggml types llama.cpp can keep K and V in
@@ -64,6 +66,8 @@ def route_llama_cpp_logs() -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
         if line:
             recent_log.append(line)
+            if "buffer size" in line:
+                buffer_log.append(line)
             native.debug(line)
 
     _log_callback = _forward
@@ -105,11 +109,16 @@ class LlamaCppRuntime(Runtime):
         n_batch: int = 512,
         kv_cache_type: str = "F16",
         flash_attention: str = "auto",
+        device: str = "cpu",
     ):
         """Defaults are llama.cpp's own (F16 KV cache, flash attention chosen automatically: on for CPU),
         i.e. what users of llama-cli / llama-server run. `kv_cache_type="F32", flash_attention="off"`
         removes llama.cpp's half-precision attention (its CPU flash attention rounds Q to F16), for
-        exactness checks against an fp32 reference."""
+        exactness checks against an fp32 reference.
+
+        device="cuda" offloads every layer to the GPU (needs a llama-cpp-python built with GGML_CUDA=on,
+        see benchmarks/llamacpp_cuda_build.sh), loading without mmap (mmap + full offload crashed there).
+        Such a build must be imported before numpy or torch: `import llama_cpp` first in the process."""
         self._llama = import_llama_cpp()
         path = Path(path)
         if not path.is_file():
@@ -127,11 +136,19 @@ class LlamaCppRuntime(Runtime):
         if flash_attention not in _FLASH_ATTENTION:
             raise QuantbenchError(f"flash_attention must be one of {', '.join(_FLASH_ATTENTION)}, not '{flash_attention}'")
         self.flash_attention = flash_attention
-        self.device = f"cpu (llama.cpp, {self.n_threads} threads)"
         lc = self._llama
+        self.gpu = device.startswith("cuda")
+        if self.gpu and not lc.llama_supports_gpu_offload():
+            raise QuantbenchError(
+                "this llama-cpp-python was built without GPU offload; build it with CUDA "
+                "(benchmarks/llamacpp_cuda_build.sh) or use --device cpu"
+            )
+        self.device = "cuda (llama.cpp, all layers offloaded)" if self.gpu else f"cpu (llama.cpp, {self.n_threads} threads)"
         lc.llama_backend_init()
         mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = -1 if self.gpu else 0  # -1: every layer
+        if self.gpu:
+            mparams.use_mmap = False
         self._model = lc.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model:
             raise QuantbenchError(
@@ -290,6 +307,19 @@ class LlamaCppRuntime(Runtime):
     def reported_footprint_bytes(self) -> int | None:
         """llama.cpp's own count of the model's tensor bytes (llama_model_size)."""
         return int(self._llama.llama_model_size(self._model))
+
+    def device_buffers(self) -> dict[str, float]:
+        """llama.cpp's reported buffer sizes in bytes, summed per device ("CUDA0", "CPU", ...) over the
+        lines logged since this process started (model, KV cache and compute buffers)."""
+        import re
+
+        totals: dict[str, float] = {}
+        for line in buffer_log:
+            m = re.search(r"(\S+?)\s+(?:model|KV|compute|output|RS)?\s*buffer size\s*=\s*([\d.]+)\s*MiB", line)
+            if m:
+                name = m.group(1).split("_")[0]
+                totals[name] = totals.get(name, 0.0) + float(m.group(2)) * 2**20
+        return totals
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """llama.cpp's own tokenization (for a user's GGUF without an HF tokenizer beside it)."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from quantbench.arch import ArchSpec
+from quantbench.runtimes.fast import fused
 from quantbench.runtimes.fast.linears import Linear
 
 
@@ -55,21 +56,6 @@ def rope_tables(config, positions: int, device) -> tuple[torch.Tensor, torch.Ten
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     freqs = torch.arange(positions, dtype=torch.float)[:, None] * inv_freq.float()[None, :]
     return (freqs.cos() * scaling).to(device), (freqs.sin() * scaling).to(device)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's RMSNorm: normalize in fp32, round to the compute dtype, then scale by the weight."""
-    x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, heads, D); cos/sin (T, D/2) fp32. Half-split rotation, computed in fp32."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
 class Decoder:
@@ -127,13 +113,17 @@ class Decoder:
         return q.view(B, T, self.H, self.D), k.view(B, T, self.Hkv, self.D), v.view(B, T, self.Hkv, self.D)
 
     def _mlp(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
+        """h (rows, hidden) -> down(silu(gate) * up)."""
         outs = self._project(layer.gate_up, h)
         gate, up = outs[0].chunk(2, dim=-1) if len(outs) == 1 else outs
-        return layer.down(F.silu(gate) * up)
+        return layer.down(fused.silu_mul(gate, up))
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = rms_norm(x, self.norm, self.eps)
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of normed hidden states h (rows, hidden)."""
         return F.linear(h, self.embed) if self.lm_head is None else self.lm_head(h)
+
+    def _next_norm(self, index: int) -> torch.Tensor:
+        return self.layers[index + 1].attn_norm if index + 1 < len(self.layers) else self.norm
 
     # -- prefill -----------------------------------------------------------------------------------
 
@@ -158,25 +148,27 @@ class Decoder:
 
     def _prefill_rows(self, ids: torch.Tensor, row0: int, all_logits: bool) -> torch.Tensor:
         B, T = ids.shape
-        x = F.embedding(ids, self.embed)  # (B, T, hidden)
+        hidden = self.embed.shape[1]
+        x = F.embedding(ids, self.embed).view(B * T, hidden)  # the residual stream, (rows, hidden)
         cos, sin = self.cos[:T], self.sin[:T]
         mask = None
         if self.window is not None and T > self.window:
             i = torch.arange(T, device=self.device)
             mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+        h = fused.rms_norm(x, self.layers[0].attn_norm, self.eps)
         for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, self.eps)
             q, k, v = self._qkv(layer, h, B, T)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = fused.rope_torch(q, cos, sin), fused.rope_torch(k, cos, sin)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, T, D)
             self.cache_k[index, row0 : row0 + B, :, :T] = k
             self.cache_v[index, row0 : row0 + B, :, :T] = v
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-            x = x + layer.o(a.transpose(1, 2).reshape(B, T, self.H * self.D))
-            x = x + self._mlp(layer, rms_norm(x, layer.ffn_norm, self.eps))
+            x, h = fused.add_rms_norm(x, layer.o(a.transpose(1, 2).reshape(B * T, self.H * self.D)), layer.ffn_norm, self.eps)
+            x, h = fused.add_rms_norm(x, self._mlp(layer, h), self._next_norm(index), self.eps)
+        h = h.view(B, T, hidden)
         if not all_logits:
-            x = x[:, -1]
-        return self._logits(x).float()
+            h = h[:, -1]
+        return self._head(h).float()
 
     # -- one decode step (graph-capturable) --------------------------------------------------------
 
@@ -186,26 +178,26 @@ class Decoder:
         B = self.token.shape[0]
         S = self.cache_k.shape[3]
         pos = self.position
-        x = F.embedding(self.token, self.embed)  # (B, hidden)
-        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)  # (1, D/2)
+        x = F.embedding(self.token, self.embed)  # (B, hidden), the residual stream
         j = torch.arange(S, device=self.device)
         visible = j <= pos
         if self.window is not None:
             visible = visible & (pos - j < self.window)
         mask = visible.view(1, 1, 1, S)
         G = self.H // self.Hkv
+        h = fused.rms_norm(x, self.layers[0].attn_norm, self.eps)
         for index, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, self.eps)
-            q, k, v = self._qkv(layer, h, B, 1)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, 1, heads, D)
-            self.cache_k[index].index_copy_(2, pos, k.transpose(1, 2))
-            self.cache_v[index].index_copy_(2, pos, v.transpose(1, 2))
+            outs = self._project(layer.qkv, h)
+            if len(outs) == 1:
+                q, k, v = outs[0].split([self.H * self.D, self.Hkv * self.D, self.Hkv * self.D], dim=-1)
+            else:
+                q, k, v = outs
+            q = fused.rope_store(q, k, v, self.cos, self.sin, pos, self.cache_k[index], self.cache_v[index])  # (B, H, D)
             # The G query heads sharing a KV head attend as G "query positions" of that head: no K/V copy.
-            qg = q.view(B, self.Hkv, G, self.D)
-            a = F.scaled_dot_product_attention(qg, self.cache_k[index], self.cache_v[index], attn_mask=mask)
-            x = x + layer.o(a.reshape(B, self.H * self.D))
-            x = x + self._mlp(layer, rms_norm(x, layer.ffn_norm, self.eps))
-        logits = self._logits(x)
+            a = F.scaled_dot_product_attention(q.view(B, self.Hkv, G, self.D), self.cache_k[index], self.cache_v[index], attn_mask=mask)
+            x, h = fused.add_rms_norm(x, layer.o(a.reshape(B, self.H * self.D)), layer.ffn_norm, self.eps)
+            x, h = fused.add_rms_norm(x, self._mlp(layer, h), self._next_norm(index), self.eps)
+        logits = self._head(h)
         if self.step_logits is None or self.step_logits.shape != logits.shape:
             self.step_logits = torch.empty_like(logits)
         self.step_logits.copy_(logits)

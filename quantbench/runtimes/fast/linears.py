@@ -18,21 +18,25 @@ from quantbench.errors import QuantbenchError
 from quantbench.runtimes.fast import stored
 
 OWN_NUMERICS = "the artifact's own"
+# The executable spec of each format (kernels.reference), for weights no fast kernel takes.
+REFERENCE_MATMULS = {kernels.DENSE: kernels.matmul_dense, kernels.INT_GROUP: kernels.matmul_int_group,
+                     kernels.BNB_4BIT: kernels.matmul_bnb_4bit, kernels.BNB_INT8: kernels.matmul_bnb_int8}
 
 
 class Linear:
     """y = x W^T (+ bias) for x (M, cols) in the compute dtype, with the weight kept packed."""
 
+    max_tokens = 0  # rows of x per kernel call (0: any)
+
     def __init__(self, weight, bias: torch.Tensor | None, x_dtype: torch.dtype):
         self.weight = weight
         self.bias = bias
         self.format = stored.weight_format(weight)
-        entry = kernels.kernels_for(self.format)
         try:
             fast = kernels.pick_fast(self.format, weight, self._device(), x_dtype)
         except QuantbenchError as why:
             self.prepared = weight
-            self._matmul = entry.reference_matmul
+            self._matmul = REFERENCE_MATMULS[self.format]
             self.kernel = f"reference (pure PyTorch; {why})"
             self.numerics = OWN_NUMERICS
         else:
@@ -40,6 +44,9 @@ class Linear:
             self._matmul = fast.matmul
             self.kernel = fast.name
             self.numerics = fast.numerics
+            # The LLM.int8 kernel takes at most 64 tokens a call (its numerics note); its outlier columns are
+            # then chosen per 64-token slice of a prompt, as they would be for prompts of that length.
+            self.max_tokens = 64 if self.format == kernels.BNB_INT8 else 0
 
     def _device(self) -> torch.device:
         if isinstance(self.weight, torch.Tensor):
@@ -59,6 +66,8 @@ class Linear:
         return held + (0 if self.bias is None else self.bias.nbytes)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.max_tokens and x.shape[0] > self.max_tokens:  # prefill through a kernel that takes few rows a call
+            return torch.cat([self._matmul(part, self.prepared, self.bias) for part in x.split(self.max_tokens)])
         return self._matmul(x, self.prepared, self.bias)
 
 

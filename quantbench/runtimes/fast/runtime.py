@@ -65,6 +65,8 @@ class FastRuntime(Runtime):
         self.weight_bytes = weight_bytes  # resident bytes of every weight on the device
         self._graph: GraphedStep | None = None
         self._prefilled = False
+        # How decode runs: one CUDA graph per step, or eagerly (CPU; or a kernel that cannot be captured).
+        self.decode_mode = "CUDA graph (one replay per token)" if self._torch_device.type == "cuda" else "eager (CPU)"
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -180,10 +182,19 @@ class FastRuntime(Runtime):
         self._end += new_tokens
 
     def _step_fn(self):
-        if self._torch_device.type != "cuda":
-            return lambda: torch.inference_mode()(self.decoder.step)()
+        eager = lambda: torch.inference_mode()(self.decoder.step)()  # noqa: E731
+        if self._torch_device.type != "cuda" or self.decode_mode.startswith("eager"):
+            return eager
         if self._graph is None or not self._graph.valid_for(self.decoder):
-            self._graph = GraphedStep(self.decoder)
+            position, token = self.decoder.position.clone(), self.decoder.token.clone()
+            try:
+                self._graph = GraphedStep(self.decoder)
+            except RuntimeError as exc:  # a kernel that syncs with the host (data-dependent shapes)
+                self.decoder.position.copy_(position)
+                self.decoder.token.copy_(token)
+                self.decode_mode = f"eager (CUDA graph capture failed: {str(exc).splitlines()[0][:160]})"
+                log.warning("quantbench runtime: decoding without a CUDA graph: %s", self.decode_mode)
+                return eager
         return self._graph.replay
 
     def generate(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
