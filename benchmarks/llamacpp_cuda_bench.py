@@ -13,6 +13,7 @@ torch came first), quantizes F16 -> each type with llama_model_quantize, and tim
 GPU memory: llama.cpp's own buffer report (model + KV + compute) and NVML's device memory in use.
 """
 
+import os
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] == "measure":
@@ -26,7 +27,7 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-MODEL = "Llama-3.1-8B"
+MODEL = os.environ.get("QB_MODEL", "Llama-3.1-8B")  # a preset name or a model folder
 
 
 def write(folder: Path) -> None:
@@ -113,13 +114,19 @@ def measure(folder: Path, out: Path, types: list[str], batches: list[int], promp
                  "&& python3 benchmarks/llamacpp_cuda_bench.py measure --dir D --out OUT",
     }
     prompt = torch.randint(0, arch.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    deadline = float(os.environ.get("DEADLINE", "inf"))  # epoch seconds: quantize nothing that cannot finish
     for file_type in ["F16", *types]:
         path = folder / f"{file_type}.gguf"
+        if not path.is_file() and time.time() > deadline - 120:
+            record["rows"].append({"method": f"gguf-{file_type.lower()}", "runtime": "llama.cpp",
+                                   "status": "not measured: the device call's time ran out before quantizing"})
+            continue
         try:
             if not path.is_file():
                 t0 = time.perf_counter()
                 quantize_with_llama_cpp(folder / "F16.gguf", path, file_type, nthread=16)
                 print(f"{file_type}: quantized by llama.cpp in {time.perf_counter() - t0:.0f} s", flush=True)
+            lock = _gpu_lock()  # no other GPU timing runs meanwhile (benchmarks/issue10_device.sh)
             used_before = _nvml_used()
             buffer_log.clear()
             t0 = time.perf_counter()
@@ -143,10 +150,21 @@ def measure(folder: Path, out: Path, types: list[str], batches: list[int], promp
                 record["rows"].append(row)
                 print(json.dumps({k: row[k] for k in ("method", "batch", "decode_tok_s", "fraction_of_ceiling", "prefill_tok_s")}), flush=True)
             runtime.close()
+            lock.close()
         except Exception as exc:
             logging.exception("%s failed", file_type)
             record["rows"].append({"method": f"gguf-{file_type.lower()}", "runtime": "llama.cpp", "status": f"error: {exc!r}"[:400]})
         out.write_text(json.dumps(record, indent=2, default=str))
+
+
+def _gpu_lock():
+    """An exclusive lock on $GPU_LOCK (held until the returned file is closed), or a no-op file."""
+    import fcntl
+
+    f = open(os.environ.get("GPU_LOCK", os.devnull), "a")
+    if "GPU_LOCK" in os.environ:
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def _tensor_bytes(path: Path, name: str) -> int:

@@ -1,8 +1,10 @@
 """The fast runtime's fused Triton ops (runtimes/fast/fused.py) against their PyTorch spec.
 
 Run through Triton's interpreter on this CPU (TRITON_INTERPRET=1 in a child process, so the setting
-cannot leak into other tests): fp32 results must be identical; bf16 within two bf16 epsilons of the result
-(fp32 sums in another order, fused multiply-adds, and the interpreter's own fp32 -> bf16 conversion)."""
+cannot leak into other tests): fp32 results must be identical. In bf16 only closeness is checked (four
+bf16 epsilons relative): Triton's interpreter converts fp32 to bf16 by truncation (measured: it matches
+truncation on 1000 of 1000 values, round-to-nearest-even on 465), where the GPU rounds to nearest, so
+bit-exact bf16 rounding can only be judged on the GPU (tests/test_cuda_fast.py compares whole logits)."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ for dtype in (torch.float32, torch.bfloat16):
     worst["rope", dtype] = max(ulps(r1, r2, dtype), ulps(ck1[:, :, 7], ck2[:, :, 7], dtype))
     assert torch.equal(cv1, cv2) and torch.equal(ck1[:, :, :7], ck2[:, :, :7]), "cache written outside its slot"
 for (name, dtype), err in worst.items():
-    limit = 0.0 if dtype == torch.float32 else 2.0  # eps * |value| is half an ulp at the top of a binade
+    limit = 0.0 if dtype == torch.float32 else 4.0
     assert err <= limit + 1e-9 or (dtype == torch.float32 and err < 1e-6), (name, dtype, err)
 print("ok", worst)
 """

@@ -208,6 +208,7 @@ class Decoder:
 class GraphedStep:
     """Decoder.step captured once as a CUDA graph for the current cache; replay() runs one step."""
 
+    @torch.inference_mode()
     def __init__(self, decoder: Decoder, warmup: int = 2):
         self.decoder = decoder
         token, position = decoder.token.clone(), decoder.position.clone()

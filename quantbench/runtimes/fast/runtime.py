@@ -169,6 +169,7 @@ class FastRuntime(Runtime):
         self._prefilled = True
         self._end = x.shape[1]
 
+    @torch.inference_mode()
     def decode(self, new_tokens: int) -> None:
         if not self._prefilled:
             raise QuantbenchError("decode() needs a prefill() first")
@@ -181,8 +182,11 @@ class FastRuntime(Runtime):
             step()
         self._end += new_tokens
 
+    @torch.inference_mode()
     def _step_fn(self):
-        eager = lambda: torch.inference_mode()(self.decoder.step)()  # noqa: E731
+        """The callable that runs one decode step (the decode state is made of inference tensors, so every
+        caller runs under torch.inference_mode)."""
+        eager = torch.inference_mode()(self.decoder.step)
         if self._torch_device.type != "cuda" or self.decode_mode.startswith("eager"):
             return eager
         if self._graph is None or not self._graph.valid_for(self.decoder):
@@ -197,6 +201,7 @@ class FastRuntime(Runtime):
                 return eager
         return self._graph.replay
 
+    @torch.inference_mode()
     def generate(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
         self.prefill(ids, 1, room=max_new_tokens + 1)
         new: list[int] = []
