@@ -39,6 +39,7 @@ class Settings:
     repeats: int = 3
     warmup: int = 1
     measure_speed: bool = True
+    runtime: str | None = None  # None: the device's default (recipes/open.py); or transformers, llama.cpp, quantbench
 
 
 @dataclass
@@ -157,8 +158,12 @@ def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Pa
     s = work.settings
     speed = {"prompt_ids": work.prompt_ids, "new_tokens": s.new_tokens, "batch": s.batch, "repeats": s.repeats,
              "warmup": s.warmup} if s.measure_speed else None
+    from quantbench.recipes.open import default_runtime
+
+    runtime = s.runtime or default_runtime(Path(artifact), device)
     row = run_in_fresh_process({"kind": "evaluate", "artifact": str(artifact), "device": device, "windows": work.windows,
-                                "reference_path": str(reference), "speed": speed, "tasks": tasks})
+                                "reference_path": str(reference), "speed": speed, "tasks": tasks, "runtime": runtime,
+                                "llama_cpp_first": runtime == "llama.cpp" and device.startswith("cuda")})
     meta = read_meta(artifact)
     row["method"] = meta["method"]
     if "weight_bytes" not in meta:

@@ -49,6 +49,7 @@ class BenchSettings:
     device: str | None = None  # None: cuda when present
     seed: int = 0
     bandwidth_bytes: int | None = None  # copy size; None: 2 GiB on CUDA, 256 MiB on CPU
+    runtime: str | None = None  # None: quantbench's own runtime on CUDA, transformers on a CPU
 
     def __post_init__(self):
         if self.prompt_tokens < 1 or self.new_tokens < 1 or self.batch < 1 or self.repeats < 1 or self.warmup < 0:
@@ -166,7 +167,15 @@ def run_bench(model_spec: str, settings: BenchSettings = BenchSettings(), progre
     from quantbench.runtimes.hf import HFRuntime
 
     device = resolve_device(settings.device)
+    runtime_name = settings.runtime or ("quantbench" if device.startswith("cuda") else "transformers")
+    if runtime_name == "llama.cpp":
+        raise QuantbenchError("bench on llama.cpp: run benchmarks/llamacpp_cuda_bench.py (random weights written as GGUF by "
+                              "quantbench's writer, quantized by llama.cpp, all layers on the GPU)")
+    if runtime_name not in ("quantbench", "transformers"):
+        raise QuantbenchError(f"unknown runtime '{runtime_name}'; choose transformers, quantbench or llama.cpp")
     recipes = [get_recipe(m) for m in settings.methods]
+    if runtime_name == "quantbench":
+        return _run_fast_bench(model_spec, settings, device, recipes, progress)
     for recipe in recipes:
         if not recipe.in_place:
             in_place = sorted({r.family for r in all_recipes() if r.in_place})
@@ -267,3 +276,61 @@ def _cpu_count() -> int | None:
     import os
 
     return os.cpu_count()
+
+
+def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recipes, progress) -> dict:
+    """The same bench through quantbench's own runtime (runtimes/fast): random weights packed by each
+    recipe's format code, loaded by the runtime's artifact reader (quantbench/fast_bench.py)."""
+    from quantbench.device import describe_device
+    from quantbench.fast_bench import fast_rows
+    from quantbench.plan import load_model_config, plan
+
+    if not device.startswith("cuda"):
+        raise QuantbenchError("the quantbench runtime is measured on CUDA; use --runtime transformers on a CPU")
+    unsupported = [r.name for r in recipes if r.family in ("gguf",)]
+    if unsupported:
+        raise QuantbenchError(f"{', '.join(unsupported)}: GGUF runs on llama.cpp; bench it with benchmarks/llamacpp_cuda_bench.py")
+    for recipe in recipes:
+        reason = recipe.unavailable_reason(device)
+        if reason:
+            raise QuantbenchError(f"{recipe.name} cannot run on {device} here: {reason}")
+    model_config = load_model_config(model_spec)
+    arch = ArchSpec.from_config(model_config.config)
+    context = settings.prompt_tokens + settings.new_tokens
+    planned = {r["method"]: r for r in plan(model_spec, context=context, batch=settings.batch, device_memory_bytes=0,
+                                            methods=list(settings.methods), device="cuda")["methods"]}
+    say = progress or (lambda message: log.info(message))
+    say(f"measuring memory bandwidth on {describe_device(device)}")
+    bandwidth = measure_bandwidth(device, settings.bandwidth_bytes)
+    generator = torch.Generator().manual_seed(settings.seed)
+    prompt_ids = torch.randint(0, arch.vocab_size, (settings.prompt_tokens,), generator=generator).tolist()
+    rows = []
+    for recipe in recipes:
+        row = fast_rows(model_config.config, recipe, device, bandwidth["bytes_per_s"], prompt_ids, settings.new_tokens,
+                        (settings.batch,), settings.repeats, settings.warmup, settings.seed, progress=say)[0]
+        if row.get("status") != "ok":
+            raise QuantbenchError(f"{recipe.name} on the quantbench runtime: {row.get('status')}")
+        plan_row = planned[recipe.name]
+        row.update(planned_weight_bytes=plan_row["weight_bytes"],
+                   plan_error=(plan_row["weight_bytes"] - row["stored_bytes"]) / row["stored_bytes"],
+                   resident_bytes=row["resident_weight_bytes"], planned_resident_bytes=plan_row["resident_weight_bytes"],
+                   reported_footprint_bytes=row["resident_weight_bytes"], inference_peak_bytes=row["peak_bytes"],
+                   ttft_s=row["warm_ttft_s"], ppl=None, kld=None, quality=QUALITY_NA)
+        rows.append(row)
+    return {
+        "kind": "synthetic bench (random weights)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": model_config.name, "source": model_config.source, "hub_id": model_config.hub_id,
+                  "model_type": arch.model_type, "params": arch.num_params()},
+        "device": describe_device(device),
+        "host": {"cpu": platform.processor() or platform.machine(), "cpu_count": _cpu_count()},
+        "versions": {**versions(), "cuda": torch.version.cuda},
+        "settings": {"prompt_tokens": settings.prompt_tokens, "new_tokens": settings.new_tokens, "batch": settings.batch,
+                     "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed,
+                     "runtime": "quantbench runtime (own decoder, packed weights, static KV cache, decode step as one CUDA graph)"},
+        "bandwidth": bandwidth,
+        "methods": rows,
+        "notes": [QUALITY_NA,
+                  "ceiling = batch x bandwidth / bytes read per decode step (weights once + KV cache at the mean context)",
+                  "each row's `kernels` names the kernel per kind of linear; `numerics` where it differs from the artifact's"],
+    }

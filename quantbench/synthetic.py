@@ -40,10 +40,12 @@ def packed_random_artifact(config: dict, recipe, device: str, seed: int = 0,
                            dtype: torch.dtype | None = None) -> tuple[dict, dict[str, torch.Tensor], str]:
     """(config.json dict, stored tensors on `device`, note) for `recipe` applied to random weights."""
     arch = ArchSpec.from_config(config)
+    from quantbench.recipes.intgrid import IntGridRecipe
+
     family = recipe.family
     if family == "float":
         encode, half, quant_config, note = _float_encoder(recipe)
-    elif family == "gptq":
+    elif isinstance(recipe, IntGridRecipe):
         encode, half, quant_config, note = _int_grid_encoder(recipe, arch, dtype)
     elif family == "bitsandbytes":
         encode, half, quant_config, note = _bnb_encoder(recipe, dtype or torch.bfloat16)
@@ -90,7 +92,7 @@ def _int_grid_encoder(recipe, arch: ArchSpec, dtype: torch.dtype | None):
     def encode(module: str, W: torch.Tensor) -> dict[str, torch.Tensor]:
         return {f"{module}.{suffix}": t for suffix, t in encode_linear(rtn_quantize(W, config)).items()}
 
-    note = INT_GRID_VALUES_NOTE if recipe.algorithm != "rtn" else ""
+    note = INT_GRID_VALUES_NOTE if recipe.family != "rtn" else ""
     return encode, storage, quantization_config(recipe.bits, group_size, storage, ignore=["lm_head"]), note
 
 

@@ -6,18 +6,24 @@ A QuantbenchError inside the job comes back as {"error": message}.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import subprocess
-import sys
-import tempfile
-import time
-import traceback
-from pathlib import Path
 
-from quantbench.artifact import write_json_atomic
-from quantbench.errors import QuantbenchError
+# A CUDA build of llama.cpp segfaulted at model load when numpy or torch had been imported before it
+# (REFERENCE section 3): a job that runs llama.cpp on the GPU has it imported before anything else.
+if __name__ == "__main__" and os.environ.get("QUANTBENCH_LLAMA_CPP_FIRST") == "1":
+    import llama_cpp  # noqa: F401
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from quantbench.artifact import write_json_atomic  # noqa: E402
+from quantbench.errors import QuantbenchError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +34,9 @@ def run_in_fresh_process(job: dict) -> dict:
         job_path.write_text(json.dumps(job, default=str))
         timeout = float(os.environ.get("QUANTBENCH_JOB_TIMEOUT", 4 * 3600))
         try:
+            env = {**os.environ, "QUANTBENCH_LLAMA_CPP_FIRST": "1" if job.get("llama_cpp_first") else "0"}
             proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)],
-                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+                                  stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise QuantbenchError(f"{job['kind']} job ran over {timeout:.0f} s and was stopped "
                                   "(raise QUANTBENCH_JOB_TIMEOUT if the model is that large)") from None
@@ -81,7 +88,7 @@ def job_evaluate(job: dict) -> dict:
     baseline_rss = current_rss_bytes()
     reset_peak(device)
     t0 = time.perf_counter()
-    runtime = open_artifact(Path(job["artifact"]), device)
+    runtime = open_artifact(Path(job["artifact"]), device, job.get("runtime"))
     load_seconds = time.perf_counter() - t0
     row = {"runtime": runtime.name, "device": runtime.device, "dtype": runtime.dtype, "load_seconds": load_seconds}
     row["reported_footprint_bytes"] = runtime.reported_footprint_bytes()

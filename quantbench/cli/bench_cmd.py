@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences per forward (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats, median reported (default 3)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda if present)")
+    p.add_argument("--runtime", default="auto", choices=("auto", "transformers", "quantbench", "llama.cpp"),
+                   help="auto (default): quantbench's CUDA-graph runtime on CUDA, transformers on a CPU")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--markdown", type=Path, help="write the result as a Markdown table here")
     p.set_defaults(func=run)
@@ -44,6 +46,7 @@ def run(args) -> int:
         batch=args.batch,
         repeats=args.repeats,
         device=None if args.device == "auto" else args.device,
+        runtime=None if args.runtime == "auto" else args.runtime,
     )
     result = run_bench(args.model, settings, progress=lambda m: print(f"quantbench: {m}", file=sys.stderr, flush=True))
     for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, to_markdown(result) + "\n")):

@@ -41,6 +41,9 @@ def _add_measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     p.add_argument("--no-speed", action="store_true", help="skip speed measurement")
     p.add_argument("--tasks", type=Path, help="JSONL of multiple-choice items {context, choices, answer}")
+    p.add_argument("--runtime", default="auto", choices=("auto", "transformers", "llama.cpp", "quantbench"),
+                   help="runtime that measures each artifact (default auto: quantbench's CUDA-graph runtime on CUDA for "
+                   "every family it runs, llama.cpp for GGUF, transformers on a CPU)")
 
 
 def _settings(args):
@@ -51,7 +54,7 @@ def _settings(args):
     protocol = PerplexityProtocol(window=args.window, max_windows=args.windows, score_from=args.score_from, bos_token_id=bos)
     return Settings(protocol=protocol, calibration_samples=args.calibration_samples, calibration_length=args.calibration_length,
                     prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch=args.batch, repeats=args.repeats,
-                    measure_speed=not args.no_speed)
+                    measure_speed=not args.no_speed, runtime=None if args.runtime == "auto" else args.runtime)
 
 
 def _progress(message: str) -> None:

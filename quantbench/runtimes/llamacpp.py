@@ -53,6 +53,14 @@ def import_llama_cpp():
     return llama_cpp
 
 
+def gpu_offload_available() -> bool:
+    """Whether the installed llama.cpp was built with a GPU backend (CUDA); False when it is not installed."""
+    try:
+        return bool(import_llama_cpp().llama_supports_gpu_offload())
+    except QuantbenchError:
+        return False
+
+
 def route_llama_cpp_logs() -> None:
     """Send llama.cpp's log lines to Python logging (debug level) instead of stderr; once per process."""
     global _log_callback

@@ -5,6 +5,9 @@ rotary embeddings (HF's half-split layout, any static rope type transformers kno
 attention, SwiGLU MLP, optional q/k/v biases (qwen2), optional sliding window (mistral), tied or
 separate lm_head. Every per-layer fact comes from the arch record and config.json.
 
+The per-token small operations (RMSNorm with the residual add, rotary + KV-cache store, silu * up) are
+fused Triton kernels on CUDA (fused.py, each beside its PyTorch spec).
+
 Two paths through the same weights:
 - `prefill(ids)`: the prompt at once from an empty cache (SDPA with a causal mask: flash attention on
   CUDA), rows of a batch in chunks so activations stay small; writes K/V into the cache.
@@ -136,7 +139,7 @@ class Decoder:
             from quantbench.errors import QuantbenchError
 
             raise QuantbenchError(f"{T} tokens exceed the model's {self.max_positions} positions; use shorter prompts")
-        chunk = rows_per_chunk or max(1, 4096 // T)  # bound activation memory: ~4096 tokens at a time
+        chunk = rows_per_chunk or max(1, 2048 // T)  # bound activation memory: ~2048 tokens at a time
         outs = []
         for r0 in range(0, B, chunk):
             outs.append(self._prefill_rows(ids[r0 : r0 + chunk], r0, all_logits))
