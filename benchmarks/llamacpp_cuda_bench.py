@@ -92,6 +92,7 @@ def measure(folder: Path, out: Path, types: list[str], batches: list[int], promp
 
     from quantbench.bench import measure_bandwidth
     from quantbench.eval.speed import measure_speed
+    from quantbench.fast_bench import kv_bytes_at
     from quantbench.plan import load_model_config
     from quantbench.arch import ArchSpec
     from quantbench.recipes.gguf import quantize_with_llama_cpp
@@ -137,7 +138,7 @@ def measure(folder: Path, out: Path, types: list[str], batches: list[int], promp
             embed_bytes = _tensor_bytes(path, "token_embd.weight")
             for batch in batches:
                 speed = measure_speed(runtime, prompt, new_tokens, batch, repeats, warmup=1)
-                per_step = model_bytes - embed_bytes + arch.kv_cache_bytes(int(prompt_tokens + new_tokens / 2), batch, 2)
+                per_step = model_bytes - embed_bytes + kv_bytes_at(arch, prompt_tokens + new_tokens / 2, batch)
                 ceiling = batch * bandwidth["bytes_per_s"] / per_step
                 row = {"method": f"gguf-{file_type.lower()}", "runtime": "llama.cpp", "batch": batch, "status": "ok",
                        "stored_bytes": path.stat().st_size, "model_bytes": model_bytes, "load_seconds": load_s,

@@ -37,8 +37,12 @@ def decode_bytes_per_step(arch: ArchSpec, weight_bytes: int, embed_bytes: int, p
     """Bytes one decode step reads: weights (the input embedding is a lookup of `batch` rows, unless tied
     to lm_head) plus each sequence's K and V at the mean context prompt + new/2."""
     weights = weight_bytes - (0 if arch.tie_word_embeddings else embed_bytes)
-    kv = arch.kv_cache_bytes(int(prompt + new / 2), batch, kv_bytes_per_value)
-    return weights + kv
+    return weights + kv_bytes_at(arch, prompt + new / 2, batch, kv_bytes_per_value)
+
+
+def kv_bytes_at(arch: ArchSpec, context: float, batch: int, bytes_per_value: int = 2) -> int:
+    """K and V of every layer for `batch` sequences of `context` tokens."""
+    return int(2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * context * batch * bytes_per_value)
 
 
 def fast_rows(config: dict, recipe, device: str, bandwidth_bytes_per_s: float, prompt_ids: list[int], new_tokens: int,

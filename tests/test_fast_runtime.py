@@ -106,3 +106,22 @@ def test_unsupported_inputs_name_the_runtime_that_can(tmp_path, tiny_model):
     (folder / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "hqq"}}))
     with pytest.raises(QuantbenchError, match="cannot run quantization method 'hqq'; use --runtime transformers"):
         FastRuntime.load(folder, "cpu")
+
+
+def test_runtime_choice(artifacts, tmp_path):
+    """auto picks the quantbench runtime on CUDA for what it runs, transformers on a CPU; a named runtime
+    that cannot run the artifact says which can."""
+    from quantbench.bench import BenchSettings, run_bench
+    from quantbench.recipes.open import check_runtime, default_runtime, open_artifact
+    from quantbench.runtimes.fast import FastRuntime
+
+    assert default_runtime(artifacts["rtn-w4g32"], "cuda") == "quantbench"
+    assert default_runtime(artifacts["bnb-nf4-dq"], "cuda:0") == "quantbench"
+    assert default_runtime(artifacts["rtn-w4g32"], "cpu") == "transformers"
+    assert isinstance(open_artifact(artifacts["rtn-w4g32"], "cpu", "quantbench"), FastRuntime)
+    with pytest.raises(QuantbenchError, match="llama.cpp runs GGUF files"):
+        open_artifact(artifacts["bf16"], "cpu", "llama.cpp")
+    with pytest.raises(QuantbenchError, match="unknown runtime"):
+        check_runtime("vllm")
+    with pytest.raises(QuantbenchError, match="--runtime transformers"):
+        run_bench("Llama-3.1-8B", BenchSettings(methods=("bf16",), device="cpu", runtime="quantbench"))

@@ -108,30 +108,41 @@ class FastRuntime(Runtime):
                 numerics.add(lin.numerics)
             return lin
 
+        # Module names from the arch record: the linears grouped by the activation they read, in forward
+        # order (q/k/v, o, gate/up, down), and the two norms of a Llama-family layer.
+        fam = arch.family
+        (qkv_names, (o_name,), gate_up_names, (down_name,)) = fam.input_groups
+        attn_norm, ffn_norm = (hf for hf, _, _ in fam.norms)
         layers = []
         for i in range(arch.num_layers):
-            p = f"model.layers.{i}."
-            qkv = [linear(p + f"self_attn.{n}_proj", "attention q/k/v") for n in ("q", "k", "v")]
-            gate_up = [linear(p + f"mlp.{n}_proj", "mlp gate/up") for n in ("gate", "up")]
+            p = f"{fam.layers}.{i}."
+            qkv = [linear(p + name, "attention q/k/v") for name in qkv_names]
+            gate_up = [linear(p + name, "mlp gate/up") for name in gate_up_names]
             layers.append(Layer(
-                attn_norm=dense(p + "input_layernorm.weight"),
+                attn_norm=dense(p + attn_norm + ".weight"),
                 qkv=fuse_dense(qkv),
-                o=linear(p + "self_attn.o_proj", "attention out"),
-                ffn_norm=dense(p + "post_attention_layernorm.weight"),
+                o=linear(p + o_name, "attention out"),
+                ffn_norm=dense(p + ffn_norm + ".weight"),
                 gate_up=fuse_dense(gate_up),
-                down=linear(p + "mlp.down_proj", "mlp down"),
+                down=linear(p + down_name, "mlp down"),
             ))
-        embed = dense("model.embed_tokens.weight")
+        embed = dense(fam.embed + ".weight")
         lm_head = None
         if not arch.tie_word_embeddings:
-            lm_head = linear("lm_head", "lm_head")
+            lm_head = linear(fam.lm_head, "lm_head")
         else:
             kernels["lm_head"] = "cuBLAS (tied to the embedding table)"
-        decoder = Decoder(arch, hf_config, embed, layers, dense("model.norm.weight"), lm_head, compute, dev)
+        decoder = Decoder(arch, hf_config, embed, layers, dense(fam.final_norm + ".weight"), lm_head, compute, dev)
         weight_bytes = embed.nbytes + decoder.norm.nbytes + sum(
             l.attn_norm.nbytes + l.ffn_norm.nbytes + sum(x.nbytes for x in (*l.qkv, l.o, *l.gate_up, l.down)) for l in layers
         ) + (0 if lm_head is None else lm_head.nbytes)
         return cls(decoder, kind, device, eos if eos is not None else _eos_ids(config, None), kernels, sorted(numerics), weight_bytes)
+
+    @classmethod
+    def kv_cache_tokens_per_layer(cls, arch, context):
+        """A static cache: every layer holds the full (rounded-up) length, sliding window or not (the
+        window is a mask here)."""
+        return [-(-context // CACHE_ROUND) * CACHE_ROUND] * arch.num_layers
 
     # -- Runtime surface ---------------------------------------------------------------------------
 
