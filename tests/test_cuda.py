@@ -16,11 +16,11 @@ def test_compare_on_cuda_measures_on_the_gpu(tiny_model, tiny_text_file, tmp_pat
     out = tmp_path / "cmp"
     res = run_cli("compare", str(tiny_model), "--methods", "fp32,bf16,bnb-int8,bnb-nf4", "--text", str(tiny_text_file),
                   "--out", str(out), "--window", "64", "--windows", "4", "--device", "cuda", "--prompt-tokens", "16",
-                  "--new-tokens", "8", "--repeats", "2")
+                  "--new-tokens", "8", "--repeats", "2", "--runtime", "transformers")
     assert res.returncode == 0, res.stderr
     rows = {r["method"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     for row in rows.values():
-        assert row["status"] == "ok" and row["device"].startswith("cuda")
+        assert row["status"] == "ok" and row["device"].startswith("cuda") and row["runtime"] == "transformers"
         assert row["peak_memory_kind"] == "torch.cuda.max_memory_allocated" and row["peak_memory_bytes"] > 0
     assert rows["fp32"]["kld_mean"] == pytest.approx(0.0, abs=1e-6)
     assert rows["bf16"]["kld_mean"] < rows["bnb-nf4"]["kld_mean"]

@@ -55,6 +55,8 @@ class Linear:
             # The LLM.int8 kernel takes at most 64 tokens a call (its numerics note); its outlier columns are
             # then chosen per 64-token slice of a prompt, as they would be for prompts of that length.
             self.max_tokens = 64 if self.format == kernels.BNB_INT8 else 0
+            if self.max_tokens:
+                self.numerics += "; prompts run in 64-token calls, so outlier columns are chosen per call"
 
     def _device(self) -> torch.device:
         if isinstance(self.weight, torch.Tensor):
