@@ -125,3 +125,29 @@ def test_runtime_choice(artifacts, tmp_path):
         check_runtime("vllm")
     with pytest.raises(QuantbenchError, match="--runtime transformers"):
         run_bench("Llama-3.1-8B", BenchSettings(methods=("bf16",), device="cpu", runtime="quantbench"))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral"])
+def test_other_architectures_match_transformers(tmp_path, model_type):
+    """Qwen2 (q/k/v biases, untied) and Mistral (a sliding window shorter than the sequence) in fp32."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantbench.runtimes.fast import FastRuntime
+    from quantbench.runtimes.hf import HFRuntime
+
+    extra = {"sliding_window": 16} if model_type == "mistral" else {"use_sliding_window": False}
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False,
+                                  **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if model_type == "qwen2":  # random, non-zero biases so that they matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.data.normal_(0, 0.5)
+    model.save_pretrained(tmp_path)
+    hf = HFRuntime.load(tmp_path, "cpu", dtype=torch.float32)
+    fast = FastRuntime.load(tmp_path, "cpu", dtype=torch.float32)
+    ids = windows(512, count=1, length=40)[0]
+    assert torch.allclose(fast.logits(ids), hf.logits(ids), atol=1e-4, rtol=0)
+    assert fast.generate(ids[:24], 16) == without_eos(hf.generate(ids[:24], 16), fast.eos)
