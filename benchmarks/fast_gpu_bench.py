@@ -39,11 +39,12 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from quantbench.bench import BenchSettings, measure_bandwidth, run_bench, versions
+    from quantbench.artifact import versions
+    from quantbench.bench import BenchSettings, measure_bandwidth, run_bench
+    from quantbench.device import describe_device
     from quantbench.fast_bench import fast_rows, fresh_triton_cache
     from quantbench.plan import load_model_config
     from quantbench.recipes import get_recipe
-    from quantbench.runtimes.hf import describe_device
 
     device = "cuda"
     model = load_model_config(args.model)
@@ -85,7 +86,8 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             result = run_bench(args.model, BenchSettings(methods=(name,), prompt_tokens=args.prompt_tokens,
-                                                         new_tokens=args.new_tokens, batch=1, repeats=args.repeats, device=device))
+                                                         new_tokens=args.new_tokens, batch=1, repeats=args.repeats, device=device,
+                                                         runtime="transformers"))
             for r in result["methods"]:
                 record["rows"].append({**r, "runtime": "transformers", "batch": 1, "status": "ok",
                                        "kernels": {"all linears": "transformers eager forward (" + result["settings"]["runtime"] + ")"}})

@@ -52,7 +52,7 @@ class FastRuntime(Runtime):
 
     def __init__(self, decoder: Decoder, kind: stored.ArtifactKind, device: str, eos: set[int], kernels: dict[str, str],
                  numerics: list[str], weight_bytes: int):
-        from quantbench.runtimes.hf import describe_device
+        from quantbench.device import describe_device
 
         self.decoder = decoder
         self.kind = kind
