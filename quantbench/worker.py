@@ -102,6 +102,10 @@ def job_evaluate(job: dict) -> dict:
     measured_on = runtime.device.split()[0]  # "cuda:0 (NVIDIA H200)" -> "cuda:0"; llama.cpp runs on the CPU
     row["peak_memory_bytes"] = peak_bytes(measured_on)
     row["peak_memory_kind"] = peak_kind(measured_on)
+    if getattr(runtime, "gpu", False):  # llama.cpp on the GPU: its memory is invisible to torch's allocator
+        buffers = runtime.device_buffers()
+        row["peak_memory_bytes"] = int(sum(v for k, v in buffers.items() if k.startswith("CUDA") and k != "CUDA"))
+        row["peak_memory_kind"] = "llama.cpp's CUDA buffer report (model + KV cache + compute)"
     row["process_baseline_rss_bytes"] = baseline_rss
 
     reference = Reference(Path(job["reference_path"]))
