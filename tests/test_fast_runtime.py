@@ -151,3 +151,19 @@ def test_other_architectures_match_transformers(tmp_path, model_type):
     ids = windows(512, count=1, length=40)[0]
     assert torch.allclose(fast.logits(ids), hf.logits(ids), atol=1e-4, rtol=0)
     assert fast.generate(ids[:24], 16) == without_eos(hf.generate(ids[:24], 16), fast.eos)
+
+
+@pytest.mark.slow
+def test_default_model_matches_transformers():
+    """The default model (SmolLM2-135M: tied embeddings, 9 heads / 3 KV heads) in fp32, as converted: the
+    quantbench runtime's logits against transformers' on the same files."""
+    from quantbench.runtimes.fast import FastRuntime
+    from quantbench.runtimes.hf import HFRuntime
+    from quantbench.sources.model import resolve_model
+
+    folder = resolve_model(None).path
+    hf = HFRuntime.load(folder, "cpu", dtype=torch.float32)
+    fast = FastRuntime.load(folder, "cpu", dtype=torch.float32)
+    ws = windows(49152, count=2, length=128)
+    kld, top1 = kld_and_top1(torch.cat([hf.logits(w) for w in ws]), torch.cat([fast.logits(w) for w in ws]))
+    assert kld < 1e-6 and top1 >= 0.99, (kld, top1)
