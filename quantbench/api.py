@@ -328,3 +328,20 @@ def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device
     runtime = open_artifact(path, device)
     new = runtime.generate(ids, max_new_tokens)
     return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def fit(model: str | None, budget_bytes: int, out: Path, context: int = 4096, text: str | None = None,
+        device: str | None = None, settings: Settings = Settings(), exclude_types: tuple[str, ...] = (),
+        kv_cache_types: tuple[str, ...] | None = None, sensitivity=None, trust_remote_code: bool = False,
+        progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """The best GGUF under `budget_bytes` of llama.cpp memory at `context`, chosen tensor by tensor (quantbench fit)."""
+    from quantbench.fit.budget import KV_CACHE_TYPES
+    from quantbench.fit.pipeline import FitConfig, fit_model
+    from quantbench.fit.sensitivity import SensitivitySettings
+    from quantbench.runtimes.hf import resolve_device
+
+    device = resolve_device(device)
+    config = FitConfig(budget_bytes=budget_bytes, context=context, kv_cache_types=tuple(kv_cache_types or KV_CACHE_TYPES),
+                       exclude_types=tuple(exclude_types), sensitivity=sensitivity or SensitivitySettings())
+    work = prepare(model, text, settings, trust_remote_code)
+    return fit_model(work, config, Path(out), device, progress)

@@ -13,7 +13,7 @@ from pathlib import Path
 from quantbench.errors import QuantbenchError
 
 # Subcommands contributed by other modules: each exposes add_parser(subparsers).
-EXTRA_COMMANDS = ("quantbench.cli.plan_cmd", "quantbench.cli.bench_cmd")
+EXTRA_COMMANDS = ("quantbench.cli.plan_cmd", "quantbench.cli.bench_cmd", "quantbench.cli.fit_cmd")
 
 
 def parse_bytes(text: str) -> int:

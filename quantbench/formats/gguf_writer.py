@@ -62,6 +62,25 @@ def permute_for_rotary(W: np.ndarray, n_head: int) -> np.ndarray:
     return W.reshape(n_head, 2, rows // n_head // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
 
 
+def unpermute_for_rotary(W: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of `permute_for_rotary`: llama.cpp's interleaved rows back to HF's rotate-half rows."""
+    rows = W.shape[0]
+    return W.reshape(n_head, rows // n_head // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def rotary_permute_heads(arch: ArchSpec, hf_name: str) -> int | None:
+    """How many heads' rows `permute_for_rotary` reorders in this HF tensor; None when stored as is."""
+    family = FAMILIES.get(arch.model_type)
+    if family is None or not family.rotary_permute:
+        return None
+    q, k = family.qk_projections
+    if hf_name.endswith((q + ".weight", q + ".bias")):
+        return arch.num_heads
+    if hf_name.endswith((k + ".weight", k + ".bias")):
+        return arch.num_kv_heads
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Byte codecs for the simple types
 
@@ -220,8 +239,12 @@ def _hf_to_gguf_name(name_map, hf_name: str) -> str | None:
     return name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
 
 
-def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_name: str | None = None) -> GGUFWriteResult:
+def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_name: str | None = None,
+               extra_metadata: dict[str, str] | None = None) -> GGUFWriteResult:
     """Convert the HF folder `model_dir` into the GGUF file `out_path`, weights stored as `out_type`.
+
+    `extra_metadata` adds string key/values (e.g. quantbench.fit.kv_cache_type); llama.cpp's quantizer
+    copies every key of its input file into its output.
 
     The file is written to a temporary name beside `out_path` and renamed when complete.
     """
@@ -248,12 +271,6 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
     gguf_arch = gguf.MODEL_ARCH[family.gguf_arch]
     arch_name = gguf.MODEL_ARCH_NAMES[gguf_arch]
     name_map = gguf.get_tensor_name_map(gguf_arch, arch.num_layers)
-    rotary_heads_of = {}  # HF tensor suffix -> heads whose rows are permuted for llama.cpp's rotary layout
-    if family.rotary_permute:
-        q, k = family.qk_projections
-        for suffix in (".weight", ".bias"):
-            rotary_heads_of[q + suffix] = arch.num_heads
-            rotary_heads_of[k + suffix] = arch.num_kv_heads
 
     weights = _SafetensorsFolder(model_dir)
     # (gguf name, loader, shape, ggml type) in checkpoint order; llama.cpp sorts by layer itself.
@@ -270,7 +287,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
                 "this checkpoint is not a plain Llama-family model"
             )
         shape = weights.shape(hf_name)
-        rotary_heads = next((h for suffix, h in rotary_heads_of.items() if hf_name.endswith(suffix)), None)
+        rotary_heads = rotary_permute_heads(arch, hf_name)
 
         def load(hf_name=hf_name, rotary_heads=rotary_heads):
             W = weights.get(hf_name)
@@ -286,6 +303,8 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
         try:
             _add_hparams(writer, arch, FILE_TYPES[out_type].ftype, model_name or model_dir.name)
             add_tokenizer(writer, model_dir, arch.vocab_size)
+            for key, value in (extra_metadata or {}).items():
+                writer.add_string(key, str(value))
             tensor_types, tensor_bytes = {}, {}
             for gguf_name, _, shape, type_name in plan:
                 nbytes = ggml_tensor_bytes(type_name, shape)

@@ -84,10 +84,13 @@ def _use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 
 # Rows that are not whole super-blocks fall back (llama-quant.cpp tensor_type_fallback).
-_FALLBACK = {"IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+_FALLBACK = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
+             "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
+             "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
-def _fallback(type_name: str, cols: int) -> str:
+def shape_fallback(type_name: str, cols: int) -> str:
+    """The type llama.cpp writes for `type_name` on rows of `cols` (after any per-tensor override too)."""
     if cols % _block_size(type_name) == 0:
         return type_name
     fallback = _FALLBACK.get(type_name, type_name)
@@ -165,4 +168,4 @@ def llama_cpp_tensor_type(
             new = "Q4_K"
         elif name == "Q3_K_L":
             new = "Q5_K"
-    return _fallback(new, cols)
+    return shape_fallback(new, cols)

@@ -34,13 +34,17 @@ INSTALL_HINT = (
 )
 
 _log_callback = None  # the ctypes callback must outlive every call into llama.cpp
-# llama.cpp's last log lines, quoted in error messages (it reports failures only through its log).
-recent_log: collections.deque[str] = collections.deque(maxlen=40)
+# llama.cpp's last log lines above debug level, quoted in error messages (it reports failures only
+# through its log).
+recent_log: collections.deque[str] = collections.deque(maxlen=400)
 # llama.cpp's own report of each backend buffer it allocates ("CUDA0 model buffer size = 15317.02 MiB").
 buffer_log: collections.deque[str] = collections.deque(maxlen=64)
 
 
-KV_CACHE_TYPES = ("F32", "F16", "BF16", "Q8_0")  # ggml types llama.cpp can keep K and V in
+KV_CACHE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")  # ggml types llama.cpp can keep K and V in (quantized V: flash attention)
+# The KV-cache type a fitted GGUF was budgeted for (written by quantbench fit, read back here).
+KV_CACHE_METADATA_KEY = "quantbench.fit.kv_cache_type"
+_GGML_LOG_DEBUG, _GGML_LOG_CONT = 1, 5  # ggml.h enum ggml_log_level
 _FLASH_ATTENTION = {"auto": -1, "off": 0, "on": 1}  # llama.h enum llama_flash_attn_type
 
 
@@ -69,14 +73,20 @@ def route_llama_cpp_logs() -> None:
         return
     native = logging.getLogger("quantbench.llama.cpp")
 
+    last_level = [0]
+
     @llama_cpp.llama_log_callback
     def _forward(level, text, user_data):
+        if level == _GGML_LOG_CONT:
+            level = last_level[0]
+        last_level[0] = level
         line = text.decode("utf-8", errors="replace").rstrip()
         if line:
-            recent_log.append(line)
             if "buffer size" in line:
                 buffer_log.append(line)
             native.debug(line)
+            if level != _GGML_LOG_DEBUG:  # debug lines (a graph dump per context) would crowd the rest out
+                recent_log.append(line)
 
     _log_callback = _forward
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
@@ -115,14 +125,15 @@ class LlamaCppRuntime(Runtime):
         path: Path | str,
         n_threads: int | None = None,
         n_batch: int = 512,
-        kv_cache_type: str = "F16",
+        kv_cache_type: str | None = None,
         flash_attention: str = "auto",
         device: str = "cpu",
     ):
         """Defaults are llama.cpp's own (F16 KV cache, flash attention chosen automatically: on for CPU),
-        i.e. what users of llama-cli / llama-server run. `kv_cache_type="F32", flash_attention="off"`
-        removes llama.cpp's half-precision attention (its CPU flash attention rounds Q to F16), for
-        exactness checks against an fp32 reference.
+        i.e. what users of llama-cli / llama-server run, unless the file records the KV-cache type it was
+        fitted for (`quantbench fit` writes KV_CACHE_METADATA_KEY): then that type, with flash attention on.
+        `kv_cache_type="F32", flash_attention="off"` removes llama.cpp's half-precision attention (its CPU
+        flash attention rounds Q to F16), for exactness checks against an fp32 reference.
 
         device="cuda" offloads every layer to the GPU (needs a llama-cpp-python built with GGML_CUDA=on,
         see benchmarks/llamacpp_cuda_build.sh), loading without mmap (mmap + full offload crashed there).
@@ -138,9 +149,8 @@ class LlamaCppRuntime(Runtime):
         self.path = path
         self.n_threads = n_threads or cpu_threads()
         self.n_batch = n_batch
-        if kv_cache_type not in KV_CACHE_TYPES:
+        if kv_cache_type is not None and kv_cache_type not in KV_CACHE_TYPES:
             raise QuantbenchError(f"KV cache type '{kv_cache_type}' is not one of {', '.join(KV_CACHE_TYPES)}")
-        self.kv_cache_type = kv_cache_type
         if flash_attention not in _FLASH_ATTENTION:
             raise QuantbenchError(f"flash_attention must be one of {', '.join(_FLASH_ATTENTION)}, not '{flash_attention}'")
         self.flash_attention = flash_attention
@@ -163,6 +173,14 @@ class LlamaCppRuntime(Runtime):
                 f"{path}: llama.cpp could not load this GGUF (unsupported architecture or tensor type for "
                 "this llama.cpp build, or a damaged file); run with --verbose to see llama.cpp's log"
             )
+        recorded = self.metadata(KV_CACHE_METADATA_KEY)
+        if kv_cache_type is None and recorded is not None:
+            if recorded not in KV_CACHE_TYPES:
+                raise QuantbenchError(f"{path}: {KV_CACHE_METADATA_KEY} = '{recorded}' is not a KV-cache type this runtime knows")
+            kv_cache_type = recorded
+            if recorded != "F16":
+                self.flash_attention = "on"  # llama.cpp needs flash attention for a quantized V cache
+        self.kv_cache_type = kv_cache_type or "F16"
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
@@ -312,6 +330,12 @@ class LlamaCppRuntime(Runtime):
         if self._ctx is not None:
             self._llama.llama_synchronize(self._ctx)
 
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as a string (None when the file lacks the key)."""
+        buf = ctypes.create_string_buffer(1024)
+        n = self._llama.llama_model_meta_val_str(self._model, key.encode("utf-8"), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
     def reported_footprint_bytes(self) -> int | None:
         """llama.cpp's own count of the model's tensor bytes (llama_model_size)."""
         return int(self._llama.llama_model_size(self._model))
@@ -375,18 +399,38 @@ class LlamaCppRuntime(Runtime):
             pass
 
 
-def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None, nthread: int | None = None) -> None:
-    """llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
+def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None,
+                            nthread: int | None = None, tensor_types: dict[str, str] | None = None) -> None:
+    r"""llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
 
     `imatrix` maps GGUF tensor names to (cols,) float32 mean squared activations; it reaches the C
     quantizer as llama.h's array of llama_model_imatrix_data {name, data, size}, ended by a NULL name.
+
+    `tensor_types` (GGUF tensor name -> ggml type name) pins tensors to types: llama.h's
+    llama_model_tensor_override {pattern, type} array, ended by a NULL pattern, with `pure` set so that
+    no mixture rule touches them. llama.cpp matches the patterns with std::regex_search, first match wins,
+    so each is anchored (`^blk\.1\.attn_v\.weight$`; unanchored, blk.1 would also match blk.10-19).
+    The shape fallback still runs afterwards: callers compare the written types with what they asked.
     """
+    import re
+
     lc = import_llama_cpp()
     route_llama_cpp_logs()
     params = lc.llama_model_quantize_default_params()
     params.ftype = FILE_TYPES[file_type].ftype
     params.nthread = nthread or cpu_threads()
     keep_alive = []
+    if tensor_types:
+        overrides = (lc.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for k, (name, type_name) in enumerate(tensor_types.items()):
+            pattern = ("^" + re.escape(name) + "$").encode("utf-8")
+            keep_alive.append(pattern)
+            overrides[k].pattern = pattern
+            overrides[k].type = ggml_type(type_name).value
+        overrides[len(tensor_types)].pattern = None
+        keep_alive.append(overrides)
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_tensor_override))
+        params.pure = True
     if imatrix:
         entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
         for k, (name, values) in enumerate(sorted(imatrix.items())):

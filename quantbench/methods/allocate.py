@@ -1,0 +1,133 @@
+"""Choose one option per group (a storage type per tensor) to minimise total cost under a byte budget.
+
+The multiple-choice knapsack: groups g = 1..G, each with options j of (bytes_gj, cost_gj); pick exactly one
+option per group, minimising sum cost subject to sum bytes <= budget. Costs are additive estimates (here:
+the predicted increase in mean KL divergence from quantizing one tensor to one type).
+
+Solved exactly by dynamic programming over bytes counted in cells of `unit` bytes, each option's bytes
+rounded UP to whole cells:
+
+    best_g[c] = min_j  best_{g-1}[c - w_gj] + cost_gj          w_gj = ceil(bytes_gj / unit)
+
+so a solution that fits in cells fits in bytes. With unit = floor(tolerance * budget / G) the rounding
+adds at most G * unit <= tolerance * budget, so the cost found at `budget` is at most the true optimum
+at budget * (1 - tolerance): exact at that granularity, within 0.1% of the budget by default.
+One pass gives every capacity at once, i.e. the whole cost-vs-bytes frontier.
+
+Format-neutral: groups and options are labels, bytes and costs; nothing here knows about GGUF.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantbench.errors import QuantbenchError
+
+
+@dataclass(frozen=True)
+class Option:
+    label: str  # e.g. "Q4_K"
+    bytes: int
+    cost: float
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str  # e.g. "blk.3.ffn_down.weight"
+    options: tuple[Option, ...]
+
+    def __post_init__(self):
+        if not self.options:
+            raise QuantbenchError(f"{self.name}: no option to choose from")
+        for o in self.options:
+            if o.bytes < 0 or not math.isfinite(o.cost):
+                raise QuantbenchError(f"{self.name}/{o.label}: bytes must be >= 0 and cost finite")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    choice: dict[str, str]  # group name -> option label
+    bytes: int  # exact, sum of the chosen options' bytes
+    cost: float  # sum of the chosen options' costs
+
+
+class Frontier:
+    """The solved DP table: the cheapest allocation for every capacity up to `max_bytes`."""
+
+    def __init__(self, groups: list[Group], max_bytes: int, tolerance: float = 1e-3):
+        if not groups:
+            raise QuantbenchError("nothing to allocate: no groups")
+        if not 0 < tolerance < 1:
+            raise QuantbenchError("tolerance must be in (0, 1)")
+        self.groups = list(groups)
+        self.max_bytes = int(max_bytes)
+        self.tolerance = tolerance
+        self.min_bytes = sum(min(o.bytes for o in g.options) for g in self.groups)
+        if self.max_bytes < self.min_bytes:
+            raise QuantbenchError(
+                f"the budget ({self.max_bytes:,} B) is below the smallest allocation ({self.min_bytes:,} B)"
+            )
+        self.unit = max(1, int(tolerance * self.max_bytes) // len(self.groups))
+        self.cells = self.max_bytes // self.unit  # capacities 0..cells
+        INF = np.inf
+        best = np.full(self.cells + 1, INF)  # best[c]: least cost using exactly c cells (groups so far)
+        best[0] = 0.0
+        if max(len(g.options) for g in self.groups) > 255:
+            raise QuantbenchError("at most 255 options per group")
+        self._choice = np.zeros((len(self.groups), self.cells + 1), dtype=np.uint8)  # argmin option per (group, c)
+        for g, group in enumerate(self.groups):
+            new = np.full(self.cells + 1, INF)
+            for j, option in enumerate(group.options):
+                w = -(-option.bytes // self.unit)  # ceil
+                if w > self.cells:
+                    continue
+                candidate = best[: self.cells + 1 - w] + option.cost
+                better = candidate < new[w:]
+                new[w:][better] = candidate[better]
+                self._choice[g, w:][better] = j
+            best = new
+        self._best_exact = best
+        # cheapest at capacity <= c, and the exact-cell count that achieves it
+        self._best = np.minimum.accumulate(best)
+        ends = np.where(np.isfinite(best), np.arange(self.cells + 1), -1)
+        improves = np.r_[True, best[1:] < self._best[:-1]]
+        ends = np.where(improves & np.isfinite(best), ends, -1)
+        self._end = np.maximum.accumulate(ends)
+
+    def cells_for(self, budget_bytes: int) -> int:
+        return min(self.cells, int(budget_bytes) // self.unit)
+
+    def solve(self, budget_bytes: int) -> Allocation:
+        """The cheapest allocation whose exact bytes are <= budget_bytes (<= max_bytes)."""
+        if budget_bytes > self.max_bytes:
+            raise QuantbenchError(f"budget {budget_bytes:,} B is above the frontier's range ({self.max_bytes:,} B)")
+        c = self.cells_for(budget_bytes)
+        if self._end[c] < 0:
+            raise QuantbenchError(
+                f"the budget ({budget_bytes:,} B) is below the smallest allocation ({self.min_bytes:,} B at "
+                f"{self.unit} B granularity)"
+            )
+        return self._trace(int(self._end[c]))
+
+    def _trace(self, c: int) -> Allocation:
+        choice, total, cost = {}, 0, 0.0
+        for g in range(len(self.groups) - 1, -1, -1):
+            option = self.groups[g].options[int(self._choice[g, c])]
+            choice[self.groups[g].name] = option.label
+            total += option.bytes
+            cost += option.cost
+            c -= -(-option.bytes // self.unit)
+        if c != 0:
+            raise AssertionError("knapsack trace did not end at zero cells")  # a bug, not bad input
+        return Allocation(dict(reversed(choice.items())), total, cost)
+
+    def points(self, max_points: int = 400) -> list[Allocation]:
+        """Frontier allocations where the cost strictly drops, thinned to at most `max_points`."""
+        c_all = np.flatnonzero(np.isfinite(self._best_exact) & (self._end == np.arange(self.cells + 1)))
+        if len(c_all) > max_points:
+            c_all = c_all[np.unique(np.linspace(0, len(c_all) - 1, max_points).round().astype(int))]
+        return [self._trace(int(c)) for c in c_all]
+

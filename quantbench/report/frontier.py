@@ -1,0 +1,82 @@
+"""The fit frontier: predicted mean KLD against bytes, the uniform types beside it, labels that do not overlap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Offsets (points) tried in turn for each label until its box overlaps no label drawn before it.
+_LABEL_OFFSETS = [(5, 5), (5, -12), (-5, 8), (-5, -14), (8, 16), (8, -22), (-8, 20), (-8, -26), (12, 28), (12, -34)]
+
+
+def place_labels(ax, fig, items: list[tuple[float, float, str]], fontsize: int = 7) -> list:
+    """Annotate (x, y, text) items greedily: each label takes the first offset whose box is free."""
+    renderer = fig.canvas.get_renderer()
+    placed_boxes = []
+    annotations = []
+    for x, y, text in sorted(items, key=lambda item: item[0]):
+        for dx, dy in _LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top")
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(b) for b in placed_boxes):
+                break
+            ann.remove()
+        else:
+            ann = ax.annotate(text, (x, y), xytext=_LABEL_OFFSETS[0], textcoords="offset points", fontsize=fontsize)
+            box = ann.get_window_extent(renderer)
+        placed_boxes.append(box)
+        annotations.append(ann)
+    return annotations
+
+
+def plot_frontier(frontier: dict, path: Path, chosen: dict | None = None, title: str = "") -> None:
+    """frontier["points"]: the fitted frontier (a line); frontier["uniform"]: labelled points, with error
+    bars where "measured_kld" and "ci95" (low, high) are given, else hollow markers at their predicted KLD;
+    frontier["fitted"] (optional): measured fitted artifacts with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pts = frontier["points"]
+    ax.plot([p["total_bytes"] / 1e6 for p in pts], [max(p["predicted_kld"], 1e-7) for p in pts], "-", color="tab:blue",
+            lw=1.5, label="fit frontier (predicted)")
+    labels = []
+    for u in frontier.get("uniform", []):
+        x = u["total_bytes"] / 1e6
+        if u.get("measured_kld") is not None:
+            low, high = u["ci95"]
+            y = u["measured_kld"]
+            ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color="tab:orange", capsize=3, ms=4)
+        else:
+            y = max(u["predicted_kld"], 1e-7)
+            ax.plot([x], [y], "o", mfc="none", color="tab:orange", ms=5)
+        labels.append((x, y, u["name"]))
+    for f in frontier.get("fitted", []):
+        low, high = f["ci95"]
+        y = f["measured_kld"]
+        ax.errorbar([f["total_bytes"] / 1e6], [y], yerr=[[y - low], [high - y]], fmt="s", color="tab:green", capsize=3, ms=4)
+        labels.append((f["total_bytes"] / 1e6, y, f["name"]))
+    if chosen:
+        ax.plot([chosen["total_bytes"] / 1e6], [max(chosen["predicted_kld"], 1e-7)], "*", color="tab:red", ms=11,
+                label="this artifact (predicted)")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"memory in llama.cpp at context {frontier.get('context')} (MB: weights + KV cache + buffers)")
+    ax.set_ylabel("mean KL divergence vs full precision")
+    handles = [plt.Line2D([], [], color="tab:blue", label="fit frontier (predicted)"),
+               plt.Line2D([], [], marker="o", ls="", color="tab:orange", label="uniform types (filled: measured, 95% CI)")]
+    if frontier.get("fitted"):
+        handles.append(plt.Line2D([], [], marker="s", ls="", color="tab:green", label="fit artifacts (measured, 95% CI)"))
+    if chosen:
+        handles.append(plt.Line2D([], [], marker="*", ls="", color="tab:red", ms=10, label="this artifact (predicted)"))
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.grid(True, which="both", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    place_labels(ax, fig, labels)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
