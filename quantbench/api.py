@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # The default compare: bitsandbytes, GGUF and RTN beside the floats, under 3 minutes on 2 CPU cores.
 # GPTQ and AWQ calibrate layer by layer (about 3 minutes each here), so they are one flag away: --methods.
+# `--methods ...,fit`: quantbench fit's artifact for the --memory-budget, beside the uniform methods.
+FIT_METHOD = "fit"
 DEFAULT_METHODS = ("fp32", "bf16", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "gguf-q8_0", "gguf-q4_k_m", "rtn-w4g128")
 
 
@@ -183,20 +185,27 @@ def resolve_methods(methods: list[str] | None) -> list[str]:
     if methods == ["all"]:
         return [r.name for r in all_recipes()]
     for m in methods:
-        get_recipe(m)  # unknown names fail before any work starts
+        if m != FIT_METHOD:
+            get_recipe(m)  # unknown names fail before any work starts
     return methods
 
 
 def compare(model: str | None = None, methods: list[str] | None = None, text: str | None = None,
             out_dir: Path = Path("quantbench-out"), device: str | None = None, settings: Settings = Settings(),
             tasks_file: Path | None = None, memory_budget_bytes: int | None = None, trust_remote_code: bool = False,
-            progress: Callable[[str], None] = lambda msg: None) -> dict:
-    """Quantize with every method, measure each in a fresh process, and return the comparison."""
+            progress: Callable[[str], None] = lambda msg: None, context: int = 4096) -> dict:
+    """Quantize with every method, measure each in a fresh process, and return the comparison.
+
+    With `memory_budget_bytes`, every row also gets its runtime memory at `context` (quantbench.fit.budget:
+    weights + KV cache + llama.cpp's buffers) and the recommendation picks among the rows that fit;
+    the method name "fit" adds quantbench fit's artifact for that budget."""
     from quantbench.recipes import get_recipe
     from quantbench.device import resolve_device
 
     device = resolve_device(device)
     names = resolve_methods(methods)
+    if FIT_METHOD in names and memory_budget_bytes is None:
+        raise QuantbenchError("the method 'fit' needs --memory-budget: it builds the best GGUF for that budget")
     progress("preparing model and text")
     work = prepare(model, text, settings, trust_remote_code)
     tasks = None
@@ -213,6 +222,10 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
             elapsed = time.perf_counter() - started
             eta = elapsed / (i - 1) * (len(names) - i + 1)
             progress(f"{i - 1}/{len(names)} methods done, {elapsed / 60:.1f} min elapsed, about {eta / 60:.1f} min left")
+        if method == FIT_METHOD:
+            rows.append(_fit_row(work, memory_budget_bytes, context, Path(out_dir), device, reference, reference_ppl, tasks,
+                                 lambda msg: progress(f"[{i}/{len(names)}] fit: {msg}")))
+            continue
         recipe = get_recipe(method)
         reason = recipe.unavailable_reason(device)
         if reason:
@@ -249,10 +262,66 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    if memory_budget_bytes is not None:
+        result["protocol"]["runtime_memory"] = _add_runtime_memory(work, rows, memory_budget_bytes, context, progress)
     from quantbench.report.recommend import recommend
 
     result["recommendation"] = recommend(rows, memory_budget_bytes)
     return result
+
+
+def _fit_row(work: Workload, budget: int, context: int, out_dir: Path, device: str, reference: Path, reference_ppl: float,
+             tasks, progress: Callable[[str], None]) -> dict:
+    """quantbench fit's artifact for the budget, measured like every other row."""
+    from quantbench.fit.pipeline import FitConfig, fit_model
+
+    artifact = out_dir / "artifacts" / FIT_METHOD
+    try:
+        with atomic_dir(artifact) as tmp:
+            t0 = time.perf_counter()
+            report = fit_model(work, FitConfig(budget_bytes=budget, context=context), tmp / "model.gguf", device, progress)
+            meta = {"method": FIT_METHOD, "runtime": "llama.cpp", "format_version": 1, "device": device,
+                    "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},
+                    "weight_bytes": report["weights_bytes"], "bits_per_weight": report["bits_per_weight"],
+                    "quantize_seconds": time.perf_counter() - t0, "fit": {k: v for k, v in report.items() if k != "plan"},
+                    "versions": versions()}
+            write_json_atomic(tmp / META_FILE, meta)
+        progress("measuring")
+        row = evaluate_artifact(work, artifact, device, reference, reference_ppl, tasks)
+    except QuantbenchError as exc:
+        progress(f"FAILED: {exc}")
+        return {"method": FIT_METHOD, "runtime": "llama.cpp", "device": device, "status": f"failed: {exc}"}
+    row["kv_cache_type"] = report["kv_cache_type"]
+    row["predicted_kld"] = report["predicted_kld"]
+    return row
+
+
+def _add_runtime_memory(work: Workload, rows: list[dict], budget: int, context: int, progress) -> dict:
+    """Every finished row's memory under one rule (quantbench.fit.budget): weights + KV cache at `context`
+    + llama.cpp's compute and output buffers for this model (measured once in llama.cpp, used for every
+    row: transformers does not report its own). KV cache: a fitted file's recorded type, F16 for other
+    llama.cpp rows, the compute dtype for transformers rows."""
+    from quantbench.fit.budget import RuntimeSetting, kv_cells
+    from quantbench.fit.pipeline import FitConfig, prepare_fit
+
+    progress(f"runtime memory of every row at context {context}")
+    setup = prepare_fit(work, FitConfig(budget_bytes=budget, context=context))
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    for row in rows:
+        if row.get("status") != "ok" or row.get("weight_bytes") is None:
+            continue
+        if row.get("runtime") == "llama.cpp":
+            kv_type = row.get("kv_cache_type", "F16")
+            kv_bytes, buffers = setup.runtime[kv_type]
+        else:
+            kv_type = row.get("dtype", "bfloat16")
+            kv_bytes = setup.arch.kv_cache_bytes(kv_cells(context), 1, dtype_bytes.get(kv_type, 2))
+            buffers = setup.runtime["F16"][1]
+        row["runtime_memory"] = {"weights": row["weight_bytes"], "kv_cache": kv_bytes, "kv_cache_type": kv_type,
+                                 "buffers": buffers, "total": row["weight_bytes"] + kv_bytes + buffers}
+    return {"context": context, "rule": "weights + KV cache at the context (padded to 256 cells) + llama.cpp's compute "
+            "and output buffers for this model (n_ubatch 512, flash attention on, CPU), the same buffers for every row",
+            "llama_cpp_flags_f16": RuntimeSetting(context).llama_cpp_flags()}
 
 
 def _artifact_matches(artifact: Path, work: Workload, method: str, device: str) -> bool:
@@ -338,7 +407,7 @@ def fit(model: str | None, budget_bytes: int, out: Path, context: int = 4096, te
     from quantbench.fit.budget import KV_CACHE_TYPES
     from quantbench.fit.pipeline import FitConfig, fit_model
     from quantbench.fit.sensitivity import SensitivitySettings
-    from quantbench.runtimes.hf import resolve_device
+    from quantbench.device import resolve_device
 
     device = resolve_device(device)
     config = FitConfig(budget_bytes=budget_bytes, context=context, kv_cache_types=tuple(kv_cache_types or KV_CACHE_TYPES),

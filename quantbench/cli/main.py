@@ -128,7 +128,7 @@ def cmd_compare(args) -> int:
         return _dry_run(args, methods)
     result = api.compare(args.model, methods, text=args.text, out_dir=Path(args.out), device=args.device,
                          settings=_settings(args), tasks_file=args.tasks, memory_budget_bytes=args.memory_budget,
-                         progress=_progress)
+                         progress=_progress, context=args.context)
     written = write_all(result, Path(args.out), Path(args.json) if args.json else None)
     print(text_table(result))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -171,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated names, or 'all' (default: 8 methods, under 3 minutes on 2 CPU cores)")
     p.add_argument("--out", default="quantbench-out", help="folder for artifacts, JSON, Markdown, CSV and the plot")
     p.add_argument("--json", help="also write the JSON result here")
-    p.add_argument("--memory-budget", type=parse_bytes, help="recommend the best method whose peak memory fits, e.g. 1GB")
+    p.add_argument("--memory-budget", type=parse_bytes,
+                   help="recommend the best method whose runtime memory (weights + KV cache at --context + llama.cpp's "
+                   "buffers) fits, e.g. 1GB; with --methods ...,fit also builds quantbench fit's GGUF for it")
+    p.add_argument("--context", type=int, default=4096, help="context the --memory-budget must hold (default 4096)")
     _add_measure_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (bytes, bits/weight, memory) and stop")
     p.set_defaults(func=cmd_compare)

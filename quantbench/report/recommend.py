@@ -12,8 +12,10 @@ def recommend(rows: list[dict], memory_budget_bytes: int | None) -> dict:
     if not ok:
         return {"method": None, "rule": "no method finished", "memory_budget_bytes": memory_budget_bytes}
     if memory_budget_bytes is not None:
-        fitting = [r for r in ok if r.get("peak_memory_bytes") is not None and r["peak_memory_bytes"] <= memory_budget_bytes]
-        rule = "lowest mean KLD among methods whose measured peak memory fits the budget"
+        # the runtime-memory rule (weights + KV cache at the context + llama.cpp's buffers, quantbench.fit.budget)
+        fitting = [r for r in ok if r.get("runtime_memory") and r["runtime_memory"]["total"] <= memory_budget_bytes]
+        rule = ("lowest mean KLD among methods whose runtime memory (weights + KV cache at the context + llama.cpp's "
+                "compute buffers) fits the budget")
         if not fitting:
             return {"method": None, "rule": rule + ": none fits", "memory_budget_bytes": memory_budget_bytes}
         best = min(fitting, key=lambda r: (r["kld_mean"], r["weight_bytes"]))

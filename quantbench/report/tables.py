@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from quantbench.artifact import atomic_file, write_json_atomic, write_text_atomic
@@ -57,9 +56,17 @@ def _notes(result: dict) -> list[str]:
         "* footprint = what the runtime itself reports (transformers' get_memory_footprint(), llama.cpp's model size); "
         "size = true stored bytes incl. quant state; peak = " + _peak_kind(result),
     ]
+    if p.get("runtime_memory"):
+        rm = p["runtime_memory"]
+        notes.append(f"runtime memory at context {rm['context']}: {rm['rule']}; "
+                     + ", ".join(f"{r['method']} {r['runtime_memory']['total'] / 1e6:.1f} MB"
+                                 for r in result["rows"] if r.get("runtime_memory")))
     for r in result["rows"]:
         if r.get("status") != "ok":
             notes.append(f"{r['method']}: {r['status'].splitlines()[0]}")
+        elif r.get("kv_cache_type") and r["method"] == "fit":
+            notes.append(f"fit: KV cache {r['kv_cache_type']} (llama.cpp: -ctk {r['kv_cache_type'].lower()} "
+                         f"-ctv {r['kv_cache_type'].lower()} -fa on), predicted mean KLD {r['predicted_kld']:.5f}")
     rec = result.get("recommendation") or {}
     if rec:
         notes.append(f"recommendation: {rec.get('method') or 'none'} ({rec.get('rule')})")
