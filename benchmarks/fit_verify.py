@@ -10,7 +10,7 @@ For each uniform type T in Q3_K_M, IQ4_XS, Q4_K_M, Q5_K_M (quantbench's -imat re
   interval, the predicted KLD of both, and the sensitivity's estimate-vs-direct rank correlation.
 Then the same with Q4_1 excluded from fit's candidates (the default model's weights sit on a Q4_1 grid).
 
-Rerun: PYTHONPATH=. python3 benchmarks/fit_verify.py --windows 24 --out benchmarks/results/fit-verify
+Rerun: PYTHONPATH=. python3 benchmarks/fit_verify.py --windows 8 --out benchmarks/results/fit-verify
 CPU only. The sensitivity table is cached (~/.cache/quantbench/fit), so the second pass reuses it.
 """
 
@@ -28,14 +28,14 @@ UNIFORM = ("Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M")
 CONTEXT = 512
 
 
-def per_token_kld(path: Path, work, reference) -> list[np.ndarray]:
+def per_token_kld(path: Path, work, reference, windows: int) -> list[np.ndarray]:
     from quantbench.eval.divergence import log_softmax, token_kld
     from quantbench.runtimes.llamacpp import LlamaCppRuntime
 
     runtime = LlamaCppRuntime(path)
     try:
         out = []
-        for k, w in enumerate(work.windows):
+        for k, w in enumerate(work.windows[:windows]):
             logits = runtime.logits(w["input_ids"])[w["first_scored"] :]
             out.append(token_kld(reference.logprobs(k), log_softmax(logits)).double().numpy())
         return out
@@ -45,9 +45,11 @@ def per_token_kld(path: Path, work, reference) -> list[np.ndarray]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--windows", type=int, default=24, help="evaluation windows of 512 tokens")
+    parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens scored")
+    parser.add_argument("--reference-windows", type=int, default=16,
+                        help="windows of the cached reference protocol (the first --windows of them are scored)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fit-verify"))
-    parser.add_argument("--types", default=",".join(UNIFORM))
+    parser.add_argument("--types", default="Q4_K_M,IQ4_XS,Q3_K_M,Q5_K_M", help="uniform -imat types, in run order")
     args = parser.parse_args()
 
     from quantbench import api
@@ -62,13 +64,17 @@ def main() -> int:
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = api.Settings(protocol=PerplexityProtocol(window=512, max_windows=args.windows), measure_speed=False)
+    settings = api.Settings(protocol=PerplexityProtocol(window=512, max_windows=args.reference_windows), measure_speed=False)
     work = api.prepare(None, None, settings)
     say(f"reference on {len(work.windows)} evaluation windows")
     ref_path, ref_ppl = api.ensure_reference(work, "cpu")
     reference = Reference(ref_path)
 
-    uniform = {}
+    setup = prepare_fit(work, FitConfig(budget_bytes=1, context=CONTEXT, kv_cache_types=("F16",)))
+    runtime_bytes = sum(setup.runtime["F16"])  # KV cache + llama.cpp buffers: the same for both files
+    runs, frontiers, sens = [], {}, None
+    # Ordered so that what finishes first is the most informative: per size, the uniform file, then fit
+    # with all types, then fit without Q4_1; the JSON and the table are rewritten after every run.
     for t in args.types.split(","):
         method = f"gguf-{t.lower()}-imat"
         art = args.out / "artifacts" / method
@@ -76,31 +82,25 @@ def main() -> int:
             say(f"quantizing {method}")
             api.quantize_to(work, method, art, "cpu")
         meta = json.loads((art / "quantbench.json").read_text())
+        weights = meta["metadata"]["tensor_bytes"] if "metadata" in meta else meta["tensor_bytes"]
         say(f"scoring {method}")
-        uniform[t] = {"method": method, "weights_bytes": meta["tensor_bytes"] if "tensor_bytes" in meta else meta["metadata"]["tensor_bytes"],
-                      "kld": per_token_kld(art / "model.gguf", work, reference)}
-
-    setup = prepare_fit(work, FitConfig(budget_bytes=1, context=CONTEXT, kv_cache_types=("F16",)))
-    runtime_bytes = sum(setup.runtime["F16"])  # KV cache + llama.cpp buffers: the same for both files
-    runs = []
-    frontiers = {}
-    for exclude in ((), ("Q4_1",)):
-        tag = "all types" if not exclude else "Q4_1 excluded"
-        for t, u in uniform.items():
+        uniform_kld = per_token_kld(art / "model.gguf", work, reference, args.windows)
+        for exclude in ((), ("Q4_1",)):
+            tag = "all types" if not exclude else "Q4_1 excluded"
             out = args.out / ("fit-" + t.lower() + ("-no-q4_1" if exclude else "") + ".gguf")
-            budget = u["weights_bytes"] + runtime_bytes
+            budget = weights + runtime_bytes
             say(f"fit at the size of {t}-imat ({tag}): budget {budget:,} B")
             report = fit_model(work, FitConfig(budget_bytes=budget, context=CONTEXT, kv_cache_types=("F16",),
                                                exclude_types=exclude), out, "cpu", say)
             say(f"scoring {out.name}")
-            kld = per_token_kld(out, work, reference)
-            diff = paired_difference(kld, u["kld"])
+            kld = per_token_kld(out, work, reference, args.windows)
+            diff = paired_difference(kld, uniform_kld)
             uni_pred = next((p["predicted_kld"] for p in report["frontier"]["uniform"] if p["name"] == f"{t}-imat"), None)
             runs.append({
                 "uniform": f"{t}-imat", "candidates": tag, "budget_bytes": budget,
-                "uniform_weights_bytes": u["weights_bytes"], "fit_weights_bytes": report["weights_bytes"],
+                "uniform_weights_bytes": weights, "fit_weights_bytes": report["weights_bytes"],
                 "fit_tensor_types": report["tensor_types"],
-                "uniform_kld": mean_interval(u["kld"]).to_dict(), "fit_kld": mean_interval(kld).to_dict(),
+                "uniform_kld": mean_interval(uniform_kld).to_dict(), "fit_kld": mean_interval(kld).to_dict(),
                 "difference_fit_minus_uniform": diff.to_dict(), "fit_better": diff.high < 0,
                 "predicted_fit_kld": report["predicted_kld"], "predicted_uniform_kld": uni_pred,
                 "spearman_estimate_vs_direct": report["sensitivity"]["spearman"],
@@ -108,9 +108,15 @@ def main() -> int:
                 "direct_measurements": len(report["sensitivity"]["direct"]),
             })
             frontiers[tag] = report["frontier"]
-            say(f"{t}: uniform {runs[-1]['uniform_kld']['estimate']:.5f}, fit {runs[-1]['fit_kld']['estimate']:.5f}, "
-                f"diff {diff.estimate:+.5f} [{diff.low:+.5f}, {diff.high:+.5f}]")
             sens = report["sensitivity"]
+            say(f"{t} ({tag}): uniform {runs[-1]['uniform_kld']['estimate']:.5f}, fit {runs[-1]['fit_kld']['estimate']:.5f}, "
+                f"diff {diff.estimate:+.5f} [{diff.low:+.5f}, {diff.high:+.5f}]")
+            write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_bytes, started, plot_frontier)
+    return 0
+
+
+def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_bytes, started, plot_frontier) -> None:
+    from quantbench.artifact import versions
 
     for tag, frontier in frontiers.items():
         for p in frontier["uniform"]:
@@ -124,16 +130,14 @@ def main() -> int:
         name = "frontier.png" if tag == "all types" else "frontier-no-q4_1.png"
         plot_frontier(frontier, args.out / name, title=f"SmolLM2-135M, fit ({tag}) vs uniform -imat, evaluation split")
 
-    from quantbench.artifact import versions
-
     result = {"model": work.source.name, "text": work.text.name, "protocol": settings.protocol.describe(),
+              "scored_windows": args.windows, "scored_tokens": sum(len(w["targets"]) for w in work.windows[: args.windows]),
               "reference_ppl": ref_ppl, "context": CONTEXT, "kv_cache_type": "F16", "runs": runs,
               "sensitivity": {k: sens[k] for k in ("scale", "spearman", "spearman_within_type", "direct", "kv_cost", "tokens", "settings", "seconds")},
               "frontiers": frontiers, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "seconds": time.perf_counter() - started, "device": "cpu (2 shared cores)"}
     (args.out / "fit_verify.json").write_text(json.dumps(result, indent=2, default=str))
-    print(markdown(result))
-    return 0
+    (args.out / "fit_verify.md").write_text(markdown(result) + "\n")
 
 
 def markdown(result: dict) -> str:

@@ -244,13 +244,17 @@ def test_task_accuracy_matches_direct_loglik(tiny_model, tmp_path):
 def test_recommendation_rule():
     from quantbench.report.recommend import recommend
 
-    rows = [{"method": "a", "status": "ok", "kld_mean": 0.001, "weight_bytes": 100, "peak_memory_bytes": 300},
-            {"method": "b", "status": "ok", "kld_mean": 0.03, "weight_bytes": 40, "peak_memory_bytes": 150},
-            {"method": "c", "status": "ok", "kld_mean": 0.3, "weight_bytes": 30, "peak_memory_bytes": 120}]
+    # a budget is judged by runtime memory (weights + KV + llama.cpp buffers), not the process peak RSS
+    rows = [{"method": "a", "status": "ok", "kld_mean": 0.001, "weight_bytes": 100, "peak_memory_bytes": 10,
+             "runtime_memory": {"total": 300}},
+            {"method": "b", "status": "ok", "kld_mean": 0.03, "weight_bytes": 40, "peak_memory_bytes": 999,
+             "runtime_memory": {"total": 150}},
+            {"method": "c", "status": "ok", "kld_mean": 0.3, "weight_bytes": 30, "runtime_memory": {"total": 120}}]
     assert recommend(rows, None)["method"] == "b"
     assert recommend(rows, 200)["method"] == "b"
     assert recommend(rows, 125)["method"] == "c"
     assert recommend(rows, 10)["method"] is None
+    assert "runtime memory" in recommend(rows, 200)["rule"]
 
 
 def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
