@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-UNIFORM = ("Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M")
 CONTEXT = 512
 
 
@@ -57,6 +56,11 @@ def main() -> int:
     from quantbench.eval.reference import Reference
     from quantbench.eval.uncertainty import mean_interval, paired_difference
     from quantbench.fit.pipeline import FitConfig, fit_model, prepare_fit
+    from quantbench.fit.sensitivity import SensitivitySettings
+
+    # Smaller than fit's defaults (4 Fisher windows of 512, 8 tensors x 2 types measured directly): this
+    # machine's 2 cores were shared by 8 engineers' jobs when it ran (load ~25).
+    SENSITIVITY = SensitivitySettings(fisher_sequences=2, fisher_tokens=256, direct_tensors=8, direct_levels=1)
     from quantbench.report.frontier import plot_frontier
 
     def say(msg):
@@ -66,9 +70,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = api.Settings(protocol=PerplexityProtocol(window=512, max_windows=args.reference_windows), measure_speed=False)
     work = api.prepare(None, None, settings)
-    say(f"reference on {len(work.windows)} evaluation windows")
-    ref_path, ref_ppl = api.ensure_reference(work, "cpu")
-    reference = Reference(ref_path)
+    reference, ref_ppl = None, None
+
+    def scored(path: Path) -> list[np.ndarray]:
+        nonlocal reference, ref_ppl
+        if reference is None:  # only now: the artifacts and the sensitivities do not need it
+            say(f"reference on {len(work.windows)} evaluation windows")
+            ref_path, ref_ppl = api.ensure_reference(work, "cpu")
+            reference = Reference(ref_path)
+        return per_token_kld(path, work, reference, args.windows)
 
     setup = prepare_fit(work, FitConfig(budget_bytes=1, context=CONTEXT, kv_cache_types=("F16",)))
     runtime_bytes = sum(setup.runtime["F16"])  # KV cache + llama.cpp buffers: the same for both files
@@ -84,16 +94,19 @@ def main() -> int:
         meta = json.loads((art / "quantbench.json").read_text())
         weights = meta["metadata"]["tensor_bytes"] if "metadata" in meta else meta["tensor_bytes"]
         say(f"scoring {method}")
-        uniform_kld = per_token_kld(art / "model.gguf", work, reference, args.windows)
+        uniform_kld = None
         for exclude in ((), ("Q4_1",)):
             tag = "all types" if not exclude else "Q4_1 excluded"
             out = args.out / ("fit-" + t.lower() + ("-no-q4_1" if exclude else "") + ".gguf")
             budget = weights + runtime_bytes
             say(f"fit at the size of {t}-imat ({tag}): budget {budget:,} B")
             report = fit_model(work, FitConfig(budget_bytes=budget, context=CONTEXT, kv_cache_types=("F16",),
-                                               exclude_types=exclude), out, "cpu", say)
+                                               exclude_types=exclude, sensitivity=SENSITIVITY), out, "cpu", say)
+            if uniform_kld is None:
+                say(f"scoring {method}")
+                uniform_kld = scored(art / "model.gguf")
             say(f"scoring {out.name}")
-            kld = per_token_kld(out, work, reference, args.windows)
+            kld = scored(out)
             diff = paired_difference(kld, uniform_kld)
             uni_pred = next((p["predicted_kld"] for p in report["frontier"]["uniform"] if p["name"] == f"{t}-imat"), None)
             runs.append({

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SensitivitySettings:
-    fisher_sequences: int = 4  # calibration windows for the Fisher diagonal (one backward pass each)
+    fisher_sequences: int = 4  # calibration windows for the Fisher diagonal (one backward pass each) ...
+    fisher_tokens: int = 512  # ... each cut to its first this many tokens
     direct_tensors: int = 8  # tensors measured directly ...
     direct_levels: int = 2  # ... each at this many of its types (its smallest, and one in the middle)
     direct_windows: int = 1  # calibration windows per direct measurement ...
@@ -48,7 +49,7 @@ class SensitivitySettings:
     version: int = 1
 
     def __post_init__(self):
-        if self.fisher_sequences < 1 or self.direct_windows < 1 or self.direct_tokens < 2:
+        if self.fisher_sequences < 1 or self.direct_windows < 1 or self.direct_tokens < 2 or self.fisher_tokens < 2:
             raise QuantbenchError("the sensitivity needs at least one Fisher sequence and one direct window")
         if self.direct_tensors < 3 or self.direct_levels < 1:
             raise QuantbenchError("direct_tensors must be >= 3 (a rank correlation needs points) and direct_levels >= 1")
@@ -117,7 +118,7 @@ def choose_direct_pairs(candidates: list[TensorCandidates], settings: Sensitivit
     for group in by_role.values():
         rng.shuffle(group)
     picked: list[TensorCandidates] = []
-    roles = sorted(by_role)
+    roles = sorted(by_role, key=lambda r: (-sum(math.prod(c.shape) for c in by_role[r]), r))  # largest roles first
     while len(picked) < min(settings.direct_tensors, len(candidates)):
         for role in roles:
             if by_role[role] and len(picked) < settings.direct_tensors:
@@ -146,7 +147,7 @@ class SensitivityRun:
         if len(calibration) < 2:
             raise QuantbenchError("fit needs at least 2 calibration windows; give a longer --text")
         # Fisher windows first, direct windows from the end; they overlap only when the text is short
-        self.fisher_windows = calibration[: settings.fisher_sequences]
+        self.fisher_windows = [w[: settings.fisher_tokens] for w in calibration[: settings.fisher_sequences]]
         self.direct_windows = [w[: settings.direct_tokens] for w in calibration[-settings.direct_windows :]]
         if len(calibration) < need:
             log.warning("only %d calibration windows: the Fisher and the direct measurements share some", len(calibration))
