@@ -22,6 +22,14 @@ def wide_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_wide(tmp_path_factory) -> Path:
+    """2 layers of width 256: enough for fit end to end, quick to measure."""
+    from conftest import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("small-wide"), hidden=256, layers=2, ffn=512, vocab=512)
+
+
+@pytest.fixture(scope="module")
 def wide_f32(wide_model, tmp_path_factory) -> Path:
     from quantbench.formats.gguf_writer import write_gguf
 
@@ -112,7 +120,8 @@ def test_runtime_applies_the_recorded_kv_type(wide_f32):
     explicit.close()
 
 
-def test_fit_end_to_end_on_a_tiny_model(wide_model, tiny_text_file, tmp_path):
+def test_fit_end_to_end_on_a_tiny_model(small_wide, tiny_text_file, tmp_path):
+    wide_model = small_wide
     import json
 
     from quantbench import api
@@ -167,3 +176,30 @@ def test_fit_end_to_end_on_a_tiny_model(wide_model, tiny_text_file, tmp_path):
     # a smaller budget never predicts a lower KLD
     smaller = run((smallest + budget) // 2)
     assert smaller["predicted_kld"] >= report["predicted_kld"]
+
+
+def test_compare_judges_rows_by_runtime_memory_and_adds_fit(small_wide, tiny_text_file, tmp_path):
+    wide_model = small_wide
+    from quantbench import api
+    from quantbench.eval.perplexity import PerplexityProtocol
+
+    settings = api.Settings(calibration_samples=6, calibration_length=64, measure_speed=False,
+                            protocol=PerplexityProtocol(window=64, max_windows=2))
+    with pytest.raises(QuantbenchError, match="needs --memory-budget"):
+        api.compare(str(wide_model), ["fit"], text=str(tiny_text_file), out_dir=tmp_path, device="cpu", settings=settings)
+    from quantbench.fit.pipeline import FitConfig, prepare_fit
+
+    work = api.prepare(str(wide_model), str(tiny_text_file), settings)
+    setup = prepare_fit(work, FitConfig(budget_bytes=10**9, context=256))
+    smallest = setup.fixed + sum(min(c.bytes) for c in setup.allowed) + min(sum(v) for v in setup.runtime.values())
+    q8_0 = setup.fixed + sum(c.bytes[c.types.index("Q8_0")] for c in setup.allowed) + sum(setup.runtime["F16"])
+    budget = (smallest + q8_0) // 2  # gguf-q8_0 does not fit, fit's smallest does
+    result = api.compare(str(wide_model), ["gguf-q8_0", "fit"], text=str(tiny_text_file), out_dir=tmp_path, device="cpu",
+                         settings=settings, memory_budget_bytes=budget, context=256)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["fit"]["status"] == "ok", rows["fit"]["status"]
+    for r in rows.values():
+        m = r["runtime_memory"]
+        assert m["total"] == m["weights"] + m["kv_cache"] + m["buffers"]
+    assert rows["gguf-q8_0"]["runtime_memory"]["total"] > budget >= rows["fit"]["runtime_memory"]["total"]
+    assert result["recommendation"]["method"] == "fit"
