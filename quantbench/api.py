@@ -301,8 +301,9 @@ def _add_runtime_memory(work: Workload, rows: list[dict], budget: int, context: 
     + llama.cpp's compute and output buffers for this model (measured once in llama.cpp, used for every
     row: transformers does not report its own). KV cache: a fitted file's recorded type, F16 for other
     llama.cpp rows, the compute dtype for transformers rows."""
-    from quantbench.fit.budget import RuntimeSetting, kv_cells
+    from quantbench.fit.budget import RuntimeSetting
     from quantbench.fit.pipeline import FitConfig, prepare_fit
+    from quantbench.plan.memory import kv_cache_bytes as plan_kv_cache_bytes
 
     progress(f"runtime memory of every row at context {context}")
     setup = prepare_fit(work, FitConfig(budget_bytes=budget, context=context))
@@ -315,7 +316,7 @@ def _add_runtime_memory(work: Workload, rows: list[dict], budget: int, context: 
             kv_bytes, buffers = setup.runtime[kv_type]
         else:
             kv_type = row.get("dtype", "bfloat16")
-            kv_bytes = setup.arch.kv_cache_bytes(kv_cells(context), 1, dtype_bytes.get(kv_type, 2))
+            kv_bytes = plan_kv_cache_bytes(setup.arch, context, 1, dtype_bytes.get(kv_type, 2), row.get("runtime", "transformers"))
             buffers = setup.runtime["F16"][1]
         row["runtime_memory"] = {"weights": row["weight_bytes"], "kv_cache": kv_bytes, "kv_cache_type": kv_type,
                                  "buffers": buffers, "total": row["weight_bytes"] + kv_bytes + buffers}
