@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (scripts/setup.sh installs it; a missing build must fail, not skip)
 import pytest
 
 from quantbench.errors import QuantbenchError
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
 
 
 @pytest.fixture(scope="module")
