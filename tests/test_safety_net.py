@@ -233,7 +233,7 @@ def test_a_new_text_gets_its_own_reference(tiny_model, tiny_text_file, tmp_path,
 
 
 class _RandomRuntime:
-    vocab = 11
+    vocab = 512  # the tiny model's: without the guard the worker would score the stale reference silently
 
     def logits(self, ids):
         return torch.randn(len(ids), self.vocab, generator=torch.Generator().manual_seed(len(ids)))
