@@ -32,6 +32,7 @@ def test_plot_reference_off_axis_error_bars_and_free_labels(tmp_path, monkeypatc
     low, high = ax.get_ylim()
     assert low > 1e-6 and high > 0.215  # the reference's 1e-7 does not stretch the axis
     assert len(ax.containers) == 6  # an error bar per measured method, none for the reference marker
+    fig.canvas.draw()  # at the figure's own dpi (savefig drew at another)
     renderer = fig.canvas.get_renderer()
     from matplotlib.text import Text
 
