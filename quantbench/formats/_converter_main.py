@@ -10,7 +10,8 @@ converter's own run, both written in its single pass over the file:
   the HF folder (for models that came as GGUF: transformers' reconstructed tokenizer.json is not what
   llama.cpp tokenizes with, e.g. Gemma's SentencePiece model);
 - `kv`: extra string key-values (quantbench's `quantbench.*` metadata);
-and it refuses, before reading any tensor, an architecture whose GGUF name is not in `loadable`.
+and it refuses, before reading any tensor, an architecture whose GGUF name is not in `loadable`; an
+unrecognized BPE pre-tokenizer is written as "default" with a warning instead of stopping.
 This file must not import quantbench (it would import the other gguf).
 """
 
@@ -57,6 +58,16 @@ def _get_model_class(name, *args, **kwargs):
                 _copy_tokenizer(self.gguf_writer, request["vocab_gguf"])
             else:
                 super().set_vocab()
+
+        def get_vocab_base_pre(self, tokenizer) -> str:
+            # The converter refuses a byte-level BPE whose pre-tokenizer hash it does not list. quantbench
+            # feeds token ids, so its measurements do not depend on it; like quantbench's own writer it
+            # writes "default" and says so (llama.cpp's tokenization of raw text may then differ).
+            try:
+                return super().get_vocab_base_pre(tokenizer)
+            except NotImplementedError:
+                print(json.dumps({"warning": "unrecognized BPE pre-tokenizer: written as 'default'"}))
+                return "default"
 
         def set_gguf_parameters(self):
             super().set_gguf_parameters()

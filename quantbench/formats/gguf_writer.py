@@ -1,5 +1,10 @@
 """HF Llama-family folder -> GGUF file, with the `gguf` package's writer and tensor-name maps.
 
+For Llama, Mistral and Qwen2 (ArchFamily.own_gguf_writer) the GGUF recipes write with this module:
+it is bit-exact against the gguf package and llama.cpp (tests), runs in-process and streams one tensor
+at a time. Every other architecture goes through llama.cpp's own converter
+(formats/upstream_converter.py), which knows every architecture llama.cpp runs.
+
 Bytes only: this module stores the weights as F32, F16, BF16 or Q8_0 (the simple types that llama.cpp's
 own converter `convert_hf_to_gguf.py` writes); the K-quant mixtures are produced afterwards by llama.cpp's
 quantizer from a lossless file written here in the source's own precision (quantbench.recipes.gguf).
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbench.artifact import atomic_file
-from quantbench.arch import FAMILIES, GGUF_ARCHITECTURES, ArchSpec, text_config
+from quantbench.arch import FAMILIES, OWN_WRITER_ARCHITECTURES, ArchSpec, text_config
 from quantbench.errors import QuantbenchError
 from quantbench.formats.gguf_tokenizer import add_tokenizer
 from quantbench.formats.gguf_types import FILE_TYPES, WRITER_TYPES, ggml_tensor_bytes, ggml_type
@@ -258,14 +263,14 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "F16", model_nam
     if text_config(config) is not config:
         raise QuantbenchError(
             f"{model_dir}: multimodal checkpoints are not supported by quantbench's GGUF writer; "
-            f"supported model_type values: {', '.join(GGUF_ARCHITECTURES)}"
+            f"supported model_type values: {', '.join(OWN_WRITER_ARCHITECTURES)}"
         )
     family = FAMILIES.get(config.get("model_type", ""))
-    if family is None or family.gguf_arch is None:
+    if family is None or not family.own_gguf_writer:
         raise QuantbenchError(
-            f"GGUF conversion does not support architecture '{config.get('model_type')}'; supported model_type values: "
-            f"{', '.join(GGUF_ARCHITECTURES)}. Convert other models with llama.cpp's convert_hf_to_gguf.py and "
-            "pass the .gguf file instead."
+            f"quantbench's own GGUF writer does not support architecture '{config.get('model_type')}'; supported "
+            f"model_type values: {', '.join(OWN_WRITER_ARCHITECTURES)}. The GGUF methods convert with llama.cpp's "
+            "converter (formats/upstream_converter.py), which does."
         )
     arch = ArchSpec.from_config(config)
     gguf_arch = gguf.MODEL_ARCH[family.gguf_arch]

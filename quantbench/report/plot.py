@@ -72,6 +72,8 @@ def plot_quality_vs_size(result: dict, path: Path) -> None:
     rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("kld_mean") is not None]
     measured = [r for r in rows if r["kld_mean"] >= AT_REFERENCE_KLD]
     at_reference = [r for r in rows if r["kld_mean"] < AT_REFERENCE_KLD]
+    # One colour per runtime present, in a fixed order, so no runtime needs an entry here.
+    colours = {name: f"C{i}" for i, name in enumerate(sorted({r.get("runtime", "?") for r in rows}))}
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.set_yscale("log")
     lows = [(_interval(r) or (r["kld_mean"],) * 2)[0] for r in measured] or [1e-3]
@@ -82,7 +84,7 @@ def plot_quality_vs_size(result: dict, path: Path) -> None:
     labels = []
     for r in measured:
         x, y = r["weight_bytes"] / 1e6, r["kld_mean"]
-        color = "tab:orange" if r.get("runtime") == "llama.cpp" else "tab:blue"
+        color = colours[r.get("runtime", "?")]
         iv = _interval(r)
         yerr = [[y - max(iv[0], bottom)], [iv[1] - y]] if iv else None
         ax.errorbar(x, y, yerr=yerr, fmt="o", color=color, ms=4, capsize=2, lw=0.8)
@@ -91,10 +93,13 @@ def plot_quality_vs_size(result: dict, path: Path) -> None:
         x = r["weight_bytes"] / 1e6
         ax.plot(x, bottom, marker="v", color="0.3", ms=7, clip_on=False, zorder=5)
         labels.append((x, bottom, f"{r['method']} (= reference, KLD {r['kld_mean']:.0e})"))
+    for name, colour in colours.items():
+        ax.errorbar([], [], fmt="o", color=colour, ms=4, label=name)
+    ax.legend(title="runtime", fontsize=7, title_fontsize=7, loc="upper right")
     ax.set_xlabel("stored weight bytes (MB, incl. quantization state)")
     ax.set_ylabel("mean KL divergence vs reference (log scale)")
     ax.set_title(f"{result['model']['name']}: quality loss vs size; bars: 95% interval of the mean KLD\n"
-                 f"(blue transformers, orange llama.cpp; \u25bc on the axis: reproduces the reference, "
+                 f"(\u25bc on the axis: reproduces the reference, "
                  f"KLD < {AT_REFERENCE_KLD:g})", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.12)

@@ -400,7 +400,8 @@ class LlamaCppRuntime(Runtime):
 
 
 def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None,
-                            nthread: int | None = None, tensor_types: dict[str, str] | None = None) -> None:
+                            nthread: int | None = None, tensor_types: dict[str, str] | None = None,
+                            kv: dict[str, str] | None = None) -> None:
     r"""llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
 
     `imatrix` maps GGUF tensor names to (cols,) float32 mean squared activations; it reaches the C
@@ -411,6 +412,10 @@ def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix:
     no mixture rule touches them. llama.cpp matches the patterns with std::regex_search, first match wins,
     so each is anchored (`^blk\.1\.attn_v\.weight$`; unanchored, blk.1 would also match blk.10-19).
     The shape fallback still runs afterwards: callers compare the written types with what they asked.
+
+    `kv`: string key-values the quantizer writes into the target's header (llama.h kv_overrides: an
+    array of llama_model_kv_override {tag, key[128], val_str[128]} ended by an empty key), so metadata
+    is set while the file is written, never by rewriting it.
     """
     import re
 
@@ -443,6 +448,17 @@ def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix:
         entries[len(imatrix)].name = None
         keep_alive.append(entries)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(lc.llama_model_imatrix_data))
+    if kv:
+        overrides = (lc.llama_model_kv_override * (len(kv) + 1))()  # zeroed: the last one ends the list
+        for k, (key, value) in enumerate(kv.items()):
+            key_bytes, value_bytes = key.encode("utf-8"), value.encode("utf-8")
+            if len(key_bytes) > 127 or len(value_bytes) > 127:
+                raise QuantbenchError(f"GGUF metadata {key!r}: llama.cpp's overrides hold at most 127 bytes")
+            overrides[k].tag = lc.LLAMA_KV_OVERRIDE_TYPE_STR
+            overrides[k].key = key_bytes
+            overrides[k].value.val_str = value_bytes
+        keep_alive.append(overrides)
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(lc.llama_model_kv_override))
     recent_log.clear()
     rc = lc.llama_model_quantize(str(source).encode("utf-8"), str(target).encode("utf-8"), ctypes.byref(params))
     if rc != 0:
