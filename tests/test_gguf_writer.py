@@ -302,9 +302,13 @@ def test_every_gguf_method_is_registered():
             assert r.runtime == "llama.cpp" and r.needs_calibration == r.name.endswith("-imat")
 
 
-def test_plan_rejects_unsupported_architecture():
+def test_plan_covers_every_architecture_llama_cpp_runs():
+    """The gate that allowed only llama/mistral/qwen2 is open: Gemma-2 plans through the same mixture
+    rules (llama-quant.cpp has no Gemma-specific rule), under its llama.cpp name."""
+    from quantbench.methods.gguf_mixture import MixtureContext
     from quantbench.recipes.base import get_recipe
 
     arch = ArchSpec.from_config(dict(LLAMA_31_8B, model_type="gemma2"))
-    with pytest.raises(QuantbenchError, match="supported model_type"):
-        get_recipe("gguf-q4_k_m").plan_tensor(arch.tensors()[0], arch)
+    assert MixtureContext.from_arch(arch, False).gguf_arch == "gemma2"
+    down = next(t for t in arch.tensors() if t.gguf_name == "blk.0.ffn_down.weight")
+    assert get_recipe("gguf-q4_k_m").plan_tensor(down, arch).storage == "Q6_K"  # use_more_bits(0, 32)
