@@ -94,7 +94,7 @@ def plot_quality_vs_size(result: dict, path: Path) -> None:
         ax.plot(x, bottom, marker="v", color="0.3", ms=7, clip_on=False, zorder=5)
         labels.append((x, bottom, f"{r['method']} (= reference, KLD {r['kld_mean']:.0e})"))
     for name, colour in colours.items():
-        ax.errorbar([], [], fmt="o", color=colour, ms=4, label=name)
+        ax.plot([], [], "o", color=colour, ms=4, label=name)  # legend handles only (no error-bar container)
     ax.legend(title="runtime", fontsize=7, title_fontsize=7, loc="upper right")
     ax.set_xlabel("stored weight bytes (MB, incl. quantization state)")
     ax.set_ylabel("mean KL divergence vs reference (log scale)")
