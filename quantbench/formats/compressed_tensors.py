@@ -75,12 +75,13 @@ def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:
     out = torch.empty(rows, words, dtype=torch.int32, device=values.device)
     shifts_in = torch.arange(bits, device=values.device, dtype=torch.int32)
     shifts_out = torch.arange(32, device=values.device, dtype=torch.int64)
-    for r0 in range(0, rows, 1024):  # bounded scratch memory
-        v = values[r0 : r0 + 1024].to(torch.int32)
+    step = max(1, (1 << 22) // max(1, n * bits))  # rows per slice: about 4M bits, 32 MB of int64 scratch
+    for r0 in range(0, rows, step):
+        v = values[r0 : r0 + step].to(torch.int32)
         stream = ((v[:, :, None] >> shifts_in) & 1).reshape(v.shape[0], n * bits)  # one bit per entry
         stream = torch.nn.functional.pad(stream, (0, words * 32 - n * bits)).reshape(v.shape[0], words, 32)
         unsigned = (stream.to(torch.int64) << shifts_out).sum(dim=-1)  # in [0, 2^32)
-        out[r0 : r0 + 1024] = (unsigned - (unsigned >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
+        out[r0 : r0 + step] = (unsigned - (unsigned >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
     return out
 
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# Tensors are cast and written in slices of this many bytes (bounds the converted copy in memory).
+_CONVERT_SLICE_BYTES = 64 * 2**20
 
 # safetensors dtype names (safetensors/src/tensor.rs Dtype) <-> torch.
 DTYPES = {
@@ -206,16 +208,20 @@ class ShardedWriter:
         self._shards.append(shard)
         return shard
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: str, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Append `tensor` (cast to `dtype` if given, a slice at a time, so no whole converted copy exists)."""
         if self._closed:
             raise RuntimeError("writer is closed")
         if name in self._names:
             raise QuantbenchError(f"tensor {name} written twice")
-        if tensor.dtype not in DTYPE_NAMES:
-            raise QuantbenchError(f"tensor {name}: dtype {tensor.dtype} has no safetensors name")
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        nbytes = data.numel()
-        entry_json = len(json.dumps({name: {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [2**62, 2**62]}})) - 2 + 1
+        dtype = dtype or tensor.dtype
+        if dtype not in DTYPE_NAMES:
+            raise QuantbenchError(f"tensor {name}: dtype {dtype} has no safetensors name")
+        flat = tensor.detach().reshape(-1)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        nbytes = flat.numel() * itemsize
+        entry = {"dtype": DTYPE_NAMES[dtype], "shape": list(tensor.shape)}
+        entry_json = len(json.dumps({name: {**entry, "data_offsets": [2**62, 2**62]}})) - 2 + 1  # an upper bound
         if entry_json + self._metadata_json + 2 > self.header_bytes:
             raise QuantbenchError(f"tensor {name}: its header entry alone exceeds header_bytes={self.header_bytes}")
         shard = self._shards[-1] if self._shards else self._new_shard()
@@ -223,8 +229,11 @@ class ShardedWriter:
         if too_big or shard.header_json_bytes + entry_json > self.header_bytes:
             self._finish_shard(shard)
             shard = self._new_shard()
-        shard.file.write(memoryview(data.numpy()))
-        shard.entries[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [shard.data_bytes, shard.data_bytes + nbytes]}
+        step = max(1, _CONVERT_SLICE_BYTES // itemsize)
+        for begin in range(0, flat.numel(), step):
+            piece = flat[begin : begin + step].to("cpu", dtype).contiguous().view(torch.uint8)
+            shard.file.write(memoryview(piece.numpy()))
+        shard.entries[name] = {**entry, "data_offsets": [shard.data_bytes, shard.data_bytes + nbytes]}
         shard.data_bytes += nbytes
         shard.header_json_bytes += entry_json
         self._names.add(name)
