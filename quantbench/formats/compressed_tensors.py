@@ -39,6 +39,8 @@ from quantbench.errors import QuantbenchError
 FORMAT = "pack-quantized"
 QUANT_METHOD = "compressed-tensors"
 WEIGHTS_FILE = "model.safetensors"
+# pack_int32 works on slices of rows holding about this many int64 values (bits, in the general case).
+PACK_SLICE_VALUES = 1 << 21
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 
@@ -73,9 +75,18 @@ def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:
     rows, n = values.shape
     words = -(-n * bits // 32)
     out = torch.empty(rows, words, dtype=torch.int32, device=values.device)
+    if 32 % bits == 0:  # no element straddles a word: word w holds elements w*per .. w*per+per-1
+        per = 32 // bits
+        shifts = torch.arange(per, device=values.device, dtype=torch.int64) * bits
+        step = max(1, PACK_SLICE_VALUES // max(1, n))
+        for r0 in range(0, rows, step):
+            v = torch.nn.functional.pad(values[r0 : r0 + step].to(torch.int64), (0, words * per - n))
+            unsigned = (v.reshape(v.shape[0], words, per) << shifts).sum(dim=-1)  # in [0, 2^32)
+            out[r0 : r0 + step] = (unsigned - (unsigned >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
+        return out
     shifts_in = torch.arange(bits, device=values.device, dtype=torch.int32)
     shifts_out = torch.arange(32, device=values.device, dtype=torch.int64)
-    step = max(1, (1 << 22) // max(1, n * bits))  # rows per slice: about 4M bits, 32 MB of int64 scratch
+    step = max(1, PACK_SLICE_VALUES // max(1, n * bits))  # rows per slice: bounded int64 scratch
     for r0 in range(0, rows, step):
         v = values[r0 : r0 + step].to(torch.int32)
         stream = ((v[:, :, None] >> shifts_in) & 1).reshape(v.shape[0], n * bits)  # one bit per entry

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Tensors are cast and written in slices of this many bytes (bounds the converted copy in memory).
-_CONVERT_SLICE_BYTES = 64 * 2**20
+CONVERT_SLICE_BYTES = 64 * 2**20
 
 # safetensors dtype names (safetensors/src/tensor.rs Dtype) <-> torch.
 DTYPES = {
@@ -186,12 +186,13 @@ class ShardedWriter:
     Tensors keep the order they were added in; one larger than `max_shard_bytes` gets a shard of its own.
     """
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int = 5 * 2**30, header_bytes: int = 256 * 1024, metadata: dict | None = None):
+    def __init__(self, out_dir: Path, max_shard_bytes: int = 5 * 2**30, header_bytes: int = 256 * 1024, metadata: dict | None = None, fsync: bool = True):
         if header_bytes < 64 or header_bytes % 8:
             raise ValueError("header_bytes must be a multiple of 8 and at least 64")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_shard_bytes = max_shard_bytes
+        self.fsync = fsync  # flush each shard to the disk before it is renamed (off for scratch files)
         self.header_bytes = header_bytes
         self.metadata = {"format": "pt", **(metadata or {})}
         self._metadata_json = len(json.dumps({"__metadata__": self.metadata})) + 1  # + a separating comma
@@ -229,7 +230,7 @@ class ShardedWriter:
         if too_big or shard.header_json_bytes + entry_json > self.header_bytes:
             self._finish_shard(shard)
             shard = self._new_shard()
-        step = max(1, _CONVERT_SLICE_BYTES // itemsize)
+        step = max(1, CONVERT_SLICE_BYTES // itemsize)
         for begin in range(0, flat.numel(), step):
             piece = flat[begin : begin + step].to("cpu", dtype).contiguous().view(torch.uint8)
             shard.file.write(memoryview(piece.numpy()))
@@ -245,7 +246,8 @@ class ShardedWriter:
         shard.file.seek(0)
         shard.file.write(struct.pack("<Q", self.header_bytes) + header + b" " * (self.header_bytes - len(header)))
         shard.file.flush()
-        os.fsync(shard.file.fileno())
+        if self.fsync:
+            os.fsync(shard.file.fileno())
         shard.file.close()
 
     def close(self) -> WrittenShards:

@@ -29,7 +29,7 @@ from quantbench.memory_sampler import MemoryPeaks, MemorySampler
 log = logging.getLogger(__name__)
 
 # RTN is row-independent: quantizing a large linear in slices of rows bounds its fp32 temporaries.
-RTN_SLICE_ELEMENTS = 1 << 24
+RTN_SLICE_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -66,11 +66,16 @@ def _write_linear(writer: ShardedWriter, module: str, q) -> None:
         writer.add(f"{module}.{suffix}", t)
 
 
-def _write_config(out_dir: Path, hf_config: dict, bits: int, group_size: int, scale_dtype: torch.dtype, storage_dtype_name: str) -> None:
+def _artifact_config(hf_config: dict, bits: int, group_size: int, scale_dtype: torch.dtype, storage_dtype_name: str) -> dict:
+    """config.json of the artifact; built before any work (it imports compressed-tensors, 0.13 GB)."""
     config = dict(hf_config)
     config["quantization_config"] = quantization_config(bits, group_size, scale_dtype, ignore=["lm_head"])
     config["dtype"] = storage_dtype_name
     config.pop("torch_dtype", None)
+    return config
+
+
+def _write_config(out_dir: Path, config: dict) -> None:
     tmp = out_dir / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
     os.replace(tmp, out_dir / "config.json")
@@ -85,6 +90,7 @@ def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str,
     arch = ArchSpec.from_config(hf_config)
     reader = CheckpointReader(source_dir)
     storage = getattr(torch, config.scale_dtype)
+    artifact_config = _artifact_config(hf_config, config.bits, config.group_size, storage, config.scale_dtype)
     start = time.perf_counter()
     with MemorySampler() as sampler, torch.no_grad(), ShardedWriter(out_dir, max_shard_bytes) as writer:
         for t in arch.tensors():
@@ -96,7 +102,7 @@ def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str,
             else:
                 writer.add(t.name, W, storage)
         written = writer.close()
-    _write_config(out_dir, hf_config, config.bits, config.group_size, storage, config.scale_dtype)
+    _write_config(out_dir, artifact_config)
     return StreamedArtifact(written.tensor_bytes, written.files, time.perf_counter() - start, sampler.peaks)
 
 
@@ -123,6 +129,8 @@ def quantize_layers_streaming(
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     storage = getattr(torch, scale_dtype_name)
+    hf_config = json.loads((source_dir / "config.json").read_text())
+    artifact_config = _artifact_config(hf_config, bits, group_size, storage, scale_dtype_name)
     on_cuda = str(device).startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -159,7 +167,7 @@ def quantize_layers_streaming(
     if on_cuda:
         torch.cuda.synchronize(device)
         peak_device = torch.cuda.max_memory_allocated(device)
-    _write_config(out_dir, lazy.hf_config, bits, group_size, storage, scale_dtype_name)
+    _write_config(out_dir, artifact_config)
     return StreamedArtifact(
         written.tensor_bytes, written.files, time.perf_counter() - start, sampler.peaks, peak_device, result.errors, result.notes
     )
