@@ -90,3 +90,10 @@ def read_header(path: Path) -> dict[str, dict]:
 def tensor_bytes(path: Path) -> dict[str, int]:
     """Stored bytes of every tensor in one file, from its data offsets."""
     return {name: info["data_offsets"][1] - info["data_offsets"][0] for name, info in read_header(path).items()}
+
+
+def data_start(path: Path) -> int:
+    """Absolute file offset of the data region (8 + N): add it to a tensor's data_offsets to pread it."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+    return 8 + header_len

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.formats.safetensors import data_start, read_header
 
 if TYPE_CHECKING:
     from quantbench.arch import ArchSpec
@@ -71,37 +72,17 @@ class TensorEntry:
         return self.end - self.begin
 
 
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    tensors: dict[str, TensorEntry]
-    metadata: dict
-    data_start: int  # 8 + N
-
-
-def read_header(path: Path) -> SafetensorsHeader:
-    """Parse one file's header; raise a QuantbenchError naming the file when it is corrupt or truncated."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length out of range")
-            raw = json.loads(f.read(n))
-        metadata = raw.pop("__metadata__", None) or {}
-        tensors = {
-            name: TensorEntry(v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-            for name, v in raw.items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise QuantbenchError(f"{path}: corrupt safetensors file ({exc}); re-download or re-export it") from None
-    end = max((t.end for t in tensors.values()), default=8 + n)
-    if end > size:
-        raise QuantbenchError(f"{path}: truncated safetensors file ({size} bytes, header promises {end}); re-download it")
-    for name, t in tensors.items():
-        if t.dtype not in DTYPES:
-            raise QuantbenchError(f"{path}: tensor {name} has dtype {t.dtype}, which quantbench does not read")
-    return SafetensorsHeader(tensors, metadata, 8 + n)
+def read_entries(path: Path) -> dict[str, TensorEntry]:
+    """Every tensor of one file with absolute offsets (the header is checked by formats.safetensors)."""
+    header = read_header(path)
+    start = data_start(path)
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in DTYPES:
+            raise QuantbenchError(f"{path}: tensor {name} has dtype {info['dtype']}, which quantbench does not read")
+        begin, end = info["data_offsets"]
+        out[name] = TensorEntry(info["dtype"], tuple(info["shape"]), start + begin, start + end)
+    return out
 
 
 class CheckpointReader:
@@ -114,7 +95,7 @@ class CheckpointReader:
             raise QuantbenchError(f"{path}: no *.safetensors weights")
         self._where: dict[str, tuple[Path, TensorEntry]] = {}
         for shard in shards:
-            for name, entry in read_header(shard).tensors.items():
+            for name, entry in read_entries(shard).items():
                 if name in self._where:
                     raise QuantbenchError(f"{path}: tensor {name} appears in two shards ({self._where[name][0].name}, {shard.name})")
                 self._where[name] = (shard, entry)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 import torch
 
 from quantbench.arch import LINEAR
+from quantbench.artifact import write_text_atomic
 from quantbench.formats.compressed_tensors import encode_linear, quantization_config
 from quantbench.formats.safetensors_stream import CheckpointReader, ShardedWriter
 from quantbench.memory_sampler import MemoryPeaks, MemorySampler
@@ -76,9 +76,7 @@ def _artifact_config(hf_config: dict, bits: int, group_size: int, scale_dtype: t
 
 
 def _write_config(out_dir: Path, config: dict) -> None:
-    tmp = out_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / "config.json")
+    write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
 
 
 def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str, max_shard_bytes: int = 5 * 2**30) -> StreamedArtifact:

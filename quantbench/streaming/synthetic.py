@@ -7,13 +7,12 @@ a 16 GB checkpoint needs about one tensor of memory.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
 from quantbench.arch import NORM, ArchSpec
+from quantbench.artifact import write_json_atomic
 from quantbench.formats.safetensors_stream import ShardedWriter
 
 
@@ -31,7 +30,5 @@ def write_random_checkpoint(config: dict, out_dir: Path, dtype: torch.dtype = to
             writer.add(spec.name, t)
             del t
     written = {**config, "dtype": str(dtype).removeprefix("torch.")}
-    tmp = out_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(written, indent=2))
-    os.replace(tmp, out_dir / "config.json")
+    write_json_atomic(out_dir / "config.json", written)
     return out_dir
