@@ -212,32 +212,24 @@ class GGUFWriteResult:
 
 
 class _SafetensorsFolder:
-    """Lazy access to the tensors of an HF folder's safetensors shards."""
+    """The source tensors, read one at a time with pread (formats.safetensors_stream): the checkpoint is
+    never memory-mapped, so converting holds one tensor (and its fp32 copy), not the file's pages."""
 
     def __init__(self, model_dir: Path):
-        from safetensors import safe_open
+        from quantbench.formats.safetensors_stream import CheckpointReader
 
-        self._handles = []
-        self._where: dict[str, object] = {}
-        shards = sorted(model_dir.glob("*.safetensors"))
-        if not shards:
-            raise QuantbenchError(f"{model_dir}: no *.safetensors weights")
-        for shard in shards:
-            handle = safe_open(str(shard), framework="pt")
-            self._handles.append(handle)
-            for key in handle.keys():
-                self._where[key] = handle
+        self._reader = CheckpointReader(model_dir)
 
     def keys(self) -> list[str]:
-        return list(self._where)
+        return self._reader.names()
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._where[name].get_slice(name).get_shape())
+        return self._reader.entry(name).shape
 
     def get(self, name: str) -> np.ndarray:
         import torch
 
-        return self._where[name].get_tensor(name).to(torch.float32).numpy()
+        return self._reader.read(name).to(torch.float32).numpy()
 
 
 def _hf_to_gguf_name(name_map, hf_name: str) -> str | None:
