@@ -9,8 +9,6 @@ from safetensors.torch import load_file
 
 from quantbench.device import best_half_dtype
 from quantbench.recipes import get_recipe
-from quantbench.recipes.base import QuantizeJob
-from quantbench.sources.model import resolve_model
 from quantbench.streaming.bnb import quantize_bnb_streaming
 
 
@@ -21,9 +19,8 @@ def test_streaming_bnb_equals_transformers(tiny_model, tmp_path, method):
     recipe = get_recipe(method)
     s = recipe.settings
     dtype = best_half_dtype("cpu")
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    recipe.quantize(QuantizeJob(resolve_model(str(tiny_model)), whole, "cpu"))  # transformers' own path
+    whole = tmp_path / "whole"  # transformers' own path: quantize while loading, then save_pretrained
+    AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype, device_map="cpu", quantization_config=recipe.quantization_config(dtype)).save_pretrained(whole)
     stream = tmp_path / "stream"
     quantize_bnb_streaming(tiny_model, stream, s.bits, s.quant_type, s.double_quant, dtype, recipe.quantization_config(dtype).to_dict(), "cpu")
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(stream / "model.safetensors"))

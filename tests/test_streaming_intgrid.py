@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quantbench.arch import LINEAR, ArchSpec
+from quantbench.arch import FAMILIES, LINEAR, ArchSpec
 from quantbench.formats.compressed_tensors import write_checkpoint
 from quantbench.methods import sequential
 from quantbench.methods.awq import AWQConfig
@@ -20,9 +20,9 @@ from quantbench.streaming.intgrid import quantize_layers_streaming
 def _layer_fn(method: str):
     if method == "gptq":
         config = GPTQConfig(bits=4, group_size=32, scale_dtype="float16")
-        return lambda layer, inputs, prefix, result: sequential.gptq_layer(layer, inputs, prefix, lambda n, W: config, result, True)
+        return lambda layer, inputs, prefix, result: sequential.gptq_layer(layer, inputs, prefix, FAMILIES['llama'], lambda n, W: config, result, True)
     config = AWQConfig(bits=4, group_size=32, scale_dtype="float16")
-    return lambda layer, inputs, prefix, result: sequential.awq_layer(layer, inputs, prefix, lambda n, W: config, result)
+    return lambda layer, inputs, prefix, result: sequential.awq_layer(layer, inputs, prefix, FAMILIES['llama'], lambda n, W: config, result)
 
 
 def _whole_model(src, out, samples, method):
@@ -32,7 +32,7 @@ def _whole_model(src, out, samples, method):
     arch = ArchSpec.from_config(hf_config)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     inputs = sequential.capture_layer0_inputs(model, samples, "cpu", 4)
-    result = sequential.quantize_layers(sequential.decoder_layers(model), inputs, "cpu", _layer_fn(method))
+    result = sequential.quantize_layers(sequential.decoder_layers(model), inputs, "cpu", _layer_fn(method), "model.layers")
     state = model.state_dict()
     dense = {t.name: state[t.name] for t in arch.tensors() if t.role != LINEAR}
     write_checkpoint(out, hf_config, dense, result.linears, torch.float16, ignore=["lm_head"])

@@ -12,8 +12,9 @@ Beside the weights:
 - Activations: an estimate of one prefill forward over the whole context (see activation_bytes).
 - The verdict: weights as resident on the target device + KV cache + activations, against the
   device memory (default: free CUDA memory when the target is a GPU, else available RAM).
-- The peak while quantizing, from the recipe's strategy (quantbench.recipes.strategy): whole-model
-  load, quantize-on-load, or layer by layer with Hessians and calibration activations.
+- The peak while quantizing, from the recipe's strategy (quantbench.recipes.strategy): streaming from
+  the checkpoint per tensor or per layer (every term from quantbench.streaming.budget), or a
+  transformers load-and-save; and the disk the job needs.
 
 The target device matters: bitsandbytes repacks 4-bit weights with bf16 absmax on CPUs with
 AVX512-BF16, and unquantized tensors load in bf16 or fp32 depending on the hardware.
@@ -161,6 +162,7 @@ def plan(
             quantize_runs_on=peak["runs_on"],
             quantize_peak_bytes=peak["peak_bytes"],
             quantize_host_peak_bytes=peak["host_peak_bytes"],
+            quantize_disk_bytes=peak["disk_bytes"],
             quantize_fits=peak["peak_bytes"] <= memory if peak["runs_on"] != "host" or device == "cpu" else None,
             quantize=peak,
         )

@@ -8,12 +8,14 @@ from dataclasses import asdict
 
 from quantbench.recipes.base import register
 from quantbench.recipes.intgrid import CalibratedRecipe
+from quantbench.recipes.strategy import STREAM_AWQ
 
 
 class AWQRecipe(CalibratedRecipe):
     family = "awq"
+    strategy = STREAM_AWQ
 
-    def quantize_model(self, model, arch, job, group_size, dtype_name):
+    def quantize_streaming(self, job, arch, group_size, dtype_name):
         from quantbench.methods import sequential
         from quantbench.methods.awq import AWQConfig
 
@@ -24,8 +26,8 @@ class AWQRecipe(CalibratedRecipe):
         def layer_fn(layer, inputs, prefix, result):
             sequential.awq_layer(layer, inputs, prefix, arch.family, lambda name, W: config, result)
 
-        result = self.run_sequential(model, samples, job, layer_fn)
-        return result.linears, {"config": asdict(config), "calibration": record, **self.summarize(result)}
+        streamed = self.run_streaming(job, samples, group_size, dtype_name, layer_fn)
+        return streamed, {"config": asdict(config), "calibration": record, **self.summarize(streamed)}
 
 
 register(AWQRecipe("awq-w4g128", 4, 128, "AWQ: activation-aware channel scales + clipping, then 4-bit round-to-nearest per 128 weights"))

@@ -1,7 +1,8 @@
 """bitsandbytes through transformers: LLM.int8 and 4-bit NF4/FP4, with and without double quant.
 
-bitsandbytes quantizes while transformers loads the weights; `save_pretrained` then writes the
-quantized tensors and their state, and plain `AutoModelForCausalLM.from_pretrained(OUT)` reloads it.
+quantbench.streaming.bnb reads the checkpoint one tensor at a time, quantizes each linear exactly as
+transformers' quantize-on-load does and writes the tensors `save_pretrained` would, so plain
+`AutoModelForCausalLM.from_pretrained(OUT)` reloads it (tests/test_streaming_bnb.py holds them equal).
 Only the decoder's linears are quantized: transformers leaves the embeddings and lm_head alone.
 """
 
@@ -17,7 +18,7 @@ import torch
 from quantbench.arch import LINEAR
 from quantbench.device import best_half_dtype
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
-from quantbench.recipes.strategy import QUANTIZE_ON_LOAD
+from quantbench.recipes.strategy import STREAM_BNB
 from quantbench.runtimes.hf import HFRuntime
 
 BLOCKSIZE_4BIT = 64  # bitsandbytes' default 4-bit block size
@@ -40,7 +41,7 @@ class BnbSettings:
 class BnbRecipe(Recipe):
     family = "bitsandbytes"
     runtime = "transformers"
-    strategy = QUANTIZE_ON_LOAD
+    strategy = STREAM_BNB
     in_place = True
 
     def __init__(self, name: str, settings: BnbSettings, description: str):
@@ -68,19 +69,21 @@ class BnbRecipe(Recipe):
         )
 
     def quantize(self, job: QuantizeJob) -> dict:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Tensor by tensor from the checkpoint (quantbench.streaming.bnb): the same tensors transformers'
+        quantize-on-load + save_pretrained writes, without the model ever being resident."""
+        from transformers import AutoTokenizer
+
+        from quantbench.recipes.intgrid import streamed_memory
+        from quantbench.streaming.bnb import quantize_bnb_streaming
 
         compute_dtype = best_half_dtype(job.device)
-        model = AutoModelForCausalLM.from_pretrained(
-            job.source.path,
-            dtype=compute_dtype,
-            device_map=job.device,
-            quantization_config=self.quantization_config(compute_dtype),
-        )
-        model.save_pretrained(job.out_dir)
+        s = self.settings
+        streamed = quantize_bnb_streaming(job.source.path, job.out_dir, s.bits, s.quant_type, s.double_quant, compute_dtype,
+                                          self.quantization_config(compute_dtype).to_dict(), job.device)
         check_saved_absmax(job.out_dir)
         AutoTokenizer.from_pretrained(job.source.path).save_pretrained(job.out_dir)
-        return {"compute_dtype": str(compute_dtype).removeprefix("torch."), "settings": self.settings.__dict__}
+        return {"compute_dtype": str(compute_dtype).removeprefix("torch."), "settings": self.settings.__dict__,
+                "shards": len(streamed.files), **streamed_memory(streamed)}
 
     def open(self, artifact: Path, device: str) -> HFRuntime:
         return HFRuntime.load(artifact, device)

@@ -40,7 +40,7 @@ from quantbench.formats.gguf_metadata import to_kv
 from quantbench.formats.gguf_writer import write_gguf, writer_storage_type
 from quantbench.methods.gguf_mixture import MixtureContext, llama_cpp_tensor_type
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan, register
-from quantbench.recipes.strategy import WHOLE_MODEL
+from quantbench.recipes.strategy import STREAM_GGUF_LLAMA_CPP, STREAM_GGUF_WRITER
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,14 @@ def imatrix_for_job(job: QuantizeJob, arch) -> tuple[dict[str, np.ndarray], dict
 class GGUFRecipe(Recipe):
     family = "gguf"
     runtime = "llama.cpp"
-    # llama.cpp's quantize maps its whole input file (the writer's own types stream, but are planned alike)
-    strategy = WHOLE_MODEL
+    strategy = STREAM_GGUF_LLAMA_CPP  # set per file type in __init__
 
     def __init__(self, file_type: GGUFFileType, imatrix: bool = False):
         self.file_type = file_type
         self.imatrix = imatrix
         self.needs_calibration = imatrix
         self.name = "gguf-" + file_type.name.lower() + ("-imat" if imatrix else "")
+        self.strategy = STREAM_GGUF_WRITER if file_type.name in WRITER_TYPES else STREAM_GGUF_LLAMA_CPP
         how = "quantbench's GGUF writer" if file_type.name in WRITER_TYPES else "llama.cpp's quantizer"
         self.description = f"GGUF {file_type.name}: {file_type.description}; {how}"
         if imatrix:

@@ -19,7 +19,7 @@ class GPTQRecipe(CalibratedRecipe):
         super().__init__(name, bits, group_size, description)
         self.act_order = act_order
 
-    def quantize_model(self, model, arch, job, group_size, dtype_name):
+    def quantize_streaming(self, job, arch, group_size, dtype_name):
         from quantbench.methods import sequential
         from quantbench.methods.gptq import GPTQConfig
 
@@ -37,8 +37,8 @@ class GPTQRecipe(CalibratedRecipe):
         def layer_fn(layer, inputs, prefix, result):
             sequential.gptq_layer(layer, inputs, prefix, arch.family, lambda name, W: config, result, true_sequential)
 
-        result = self.run_sequential(model, samples, job, layer_fn)
-        return result.linears, {"config": asdict(config), "true_sequential": true_sequential, "calibration": record, **self.summarize(result)}
+        streamed = self.run_streaming(job, samples, group_size, dtype_name, layer_fn)
+        return streamed, {"config": asdict(config), "true_sequential": true_sequential, "calibration": record, **self.summarize(streamed)}
 
 
 for _bits in (2, 3, 4, 8):

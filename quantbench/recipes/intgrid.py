@@ -24,10 +24,10 @@ import torch
 from quantbench.arch import LINEAR, ArchSpec, TensorSpec
 from quantbench.errors import QuantbenchError
 from quantbench.recipes.base import QuantizeJob, Recipe, TensorPlan
-from quantbench.recipes.strategy import LAYER_BY_LAYER
+from quantbench.recipes.strategy import STREAM_GPTQ
 
 if TYPE_CHECKING:
-    from quantbench.methods.rtn import QuantizedLinear
+    from quantbench.streaming.intgrid import StreamedArtifact
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def linear_input_widths(arch: ArchSpec) -> list[int]:
 
 
 class IntGridRecipe(Recipe):
-    """A subclass sets `family`, `strategy` and writes quantize_model."""
+    """A subclass sets `family`, `strategy` and writes quantize_streaming."""
 
     runtime = "transformers"
 
@@ -80,10 +80,6 @@ class IntGridRecipe(Recipe):
         return HFRuntime.load(artifact, device, dtype=torch.float32 if device == "cpu" else None)
 
     def quantize(self, job: QuantizeJob) -> dict:
-        from transformers import AutoModelForCausalLM
-
-        from quantbench.formats.compressed_tensors import write_checkpoint
-
         dtype_name = job.options.dtype
         if dtype_name not in STORAGE_DTYPES:
             raise QuantbenchError(f"dtype={dtype_name!r}: choose float16 or bfloat16")
@@ -91,15 +87,7 @@ class IntGridRecipe(Recipe):
         group_size = self.effective_group_size(arch)
         if group_size != self.group_size:
             log.warning("%s: group size %d does not divide every linear's input width; using %d", self.name, self.group_size, group_size)
-        model = AutoModelForCausalLM.from_pretrained(job.source.path, dtype=torch.float32, trust_remote_code=job.source.trust_remote_code)
-        model.eval()
-        result, metadata = self.quantize_model(model, arch, job, group_size, dtype_name)
-
-        state = model.state_dict()
-        dense = {t.name: state[t.name] for t in arch.tensors() if t.role != LINEAR}
-        written = write_checkpoint(
-            job.out_dir, job.source.config(), dense, result, STORAGE_DTYPES[dtype_name], ignore=[arch.family.lm_head]
-        )
+        streamed, metadata = self.quantize_streaming(job, arch, group_size, dtype_name)
         for name in _TOKENIZER_FILES:
             if (job.source.path / name).is_file():
                 shutil.copy2(job.source.path / name, job.out_dir / name)
@@ -113,7 +101,9 @@ class IntGridRecipe(Recipe):
             compressed_tensors_version=_ct_version(),
             storage_dtype=dtype_name,
             device=job.device,
-            stored_tensor_bytes=sum(written.tensor_bytes.values()),
+            stored_tensor_bytes=sum(streamed.tensor_bytes.values()),
+            shards=len(streamed.files),
+            **streamed_memory(streamed),
         )
         if group_size != self.group_size:
             metadata["group_size_note"] = (
@@ -122,11 +112,22 @@ class IntGridRecipe(Recipe):
             )
         return metadata
 
-    def quantize_model(
-        self, model, arch: ArchSpec, job: QuantizeJob, group_size: int, dtype_name: str
-    ) -> tuple[dict[str, "QuantizedLinear"], dict]:
-        """Quantize every decoder linear of `model`: (module name -> result on CPU, metadata to record)."""
+    def quantize_streaming(self, job: QuantizeJob, arch: ArchSpec, group_size: int, dtype_name: str) -> tuple["StreamedArtifact", dict]:
+        """Quantize every decoder linear from the checkpoint into job.out_dir (quantbench.streaming.intgrid):
+        (what was written, metadata to record)."""
         raise NotImplementedError
+
+
+def streamed_memory(streamed: "StreamedArtifact") -> dict:
+    """What a streamed job records about its memory: anonymous and file-backed peaks apart."""
+    return {
+        "quantize_seconds": streamed.seconds,
+        "peak_device_bytes": streamed.peak_device_bytes,
+        "peak_anon_bytes": streamed.memory.anon_bytes,
+        "peak_file_bytes": streamed.memory.file_bytes,
+        "baseline_anon_bytes": streamed.memory.baseline_anon_bytes,
+        "peak_hwm_bytes": streamed.memory.hwm_bytes,
+    }
 
 
 def _ct_version() -> str:
@@ -139,7 +140,7 @@ class CalibratedRecipe(IntGridRecipe):
     """Layer by layer on calibration activations (methods/sequential.py)."""
 
     needs_calibration = True
-    strategy = LAYER_BY_LAYER
+    strategy = STREAM_GPTQ
 
     def calibration(self, job: QuantizeJob) -> tuple[list[list[int]], dict]:
         samples = job.calibration()
@@ -156,12 +157,12 @@ class CalibratedRecipe(IntGridRecipe):
         }
         return samples, record
 
-    def run_sequential(self, model, samples, job, layer_fn) -> "object":
-        from quantbench.methods import sequential
+    def run_streaming(self, job: QuantizeJob, samples, group_size: int, dtype_name: str, layer_fn) -> "StreamedArtifact":
+        from quantbench.streaming.intgrid import quantize_layers_streaming
 
         batch = job.options.batch_size or max(1, 8192 // len(samples[0]))
-        inputs = sequential.capture_layer0_inputs(model, samples, job.device, batch)
-        return sequential.quantize_layers(sequential.decoder_layers(model), inputs, job.device, layer_fn, sequential.model_family(model).layers)
+        return quantize_layers_streaming(job.source.path, job.out_dir, samples, layer_fn, self.bits, group_size, dtype_name,
+                                         job.device, batch, trust_remote_code=job.source.trust_remote_code)
 
     @staticmethod
     def summarize(result) -> dict:
@@ -169,9 +170,6 @@ class CalibratedRecipe(IntGridRecipe):
         worse = [name for name, e in errors.items() if e["error"] > e["rtn_error"]]
         mean = lambda key: sum(e[key] for e in errors.values()) / max(len(errors), 1)  # noqa: E731
         return {
-            "quantize_seconds": result.seconds,
-            "peak_device_bytes": result.peak_device_bytes,
-            "peak_rss_bytes": result.peak_rss_bytes,
             "layer_errors": {
                 "measure": "||W X - W_hat X||^2 / ||W X||^2 per linear on the calibration inputs",
                 "mean": mean("error"),

@@ -10,10 +10,6 @@ from dataclasses import dataclass
 
 from quantbench.arch import LINEAR, ArchSpec
 
-# transformers' save_pretrained shards at 50 GB (modeling_utils.save_pretrained max_shard_size): a
-# CUDA-resident shard is copied to host memory whole before it is written.
-SAVE_SHARD_BYTES = 50 * 10**9
-
 
 @dataclass(frozen=True)
 class PeakInputs:
@@ -67,7 +63,14 @@ class QuantizeStrategy:
             "host_peak_bytes": host_peak,
             "device_parts": device_parts,
             "host_parts": host_parts,
+            "disk_bytes": sum(self.disk(p).values()),
+            "disk_parts": self.disk(p),
         }
+
+    def disk(self, p: PeakInputs) -> dict[str, int]:
+        from quantbench.streaming.budget import disk_budget
+
+        return disk_budget("", p.arch, p.weight_bytes, p.source_bytes)
 
 
 class LoadConvert(QuantizeStrategy):
@@ -75,81 +78,69 @@ class LoadConvert(QuantizeStrategy):
         return {}, {"converted model": p.weight_bytes, "one source tensor being converted": p.largest * p.source_bytes}
 
 
-class QuantizeOnLoad(QuantizeStrategy):
-    def parts(self, p, work):
-        device = {
-            "quantized model": p.weight_bytes,  # the stored layout; CPU repacking waits for a forward
-            "one tensor in the load dtype before quantizing": p.largest * p.compute_bytes,
-            "quantizer's working copy of it": p.largest_linear.numel * p.compute_bytes,
-        }
-        host = {"a saved shard copied from the device": min(p.weight_bytes, SAVE_SHARD_BYTES)} if p.device != "cpu" else {}
-        return device, host
+LOAD_CONVERT = LoadConvert("load-convert", "host", "transformers loads the model in the target dtype tensor by tensor and saves it")
 
 
-class WholeModel(QuantizeStrategy):
-    def parts(self, p, work):
-        return {}, {
-            "whole source model": p.arch.num_params() * p.source_bytes,
-            "fp32 copy of the largest tensor": p.largest * 4,
-            "its quantized output": max(p.stored.values()),
-        }
+@dataclass(frozen=True)
+class StreamingFromDisk(QuantizeStrategy):
+    """The checkpoint is read one tensor or layer at a time and the artifact written as it goes
+    (quantbench/streaming): the peak is quantbench.streaming.budget's, every term named, plus the disk."""
 
+    kind: str = ""  # a quantbench.streaming.budget.STRATEGY_KINDS entry
 
-class Streaming(QuantizeStrategy):
-    def parts(self, p, work):
-        return {}, {"one source tensor in fp32": p.largest * work, "its stored form": max(p.stored.values())}
+    def budget(self, p: PeakInputs):
+        from quantbench.streaming.budget import streaming_budget
 
-
-class ModelPerTensor(QuantizeStrategy):
-    def parts(self, p, work):
-        linear = p.largest_linear
-        device = {"one linear in fp32": linear.numel * work, "its quantized form": p.stored[linear.name]}
-        host = {"source model in fp32": p.arch.num_params() * work, "quantized output": p.weight_bytes}
-        return device, host
-
-
-class LayerByLayer(QuantizeStrategy):
-    def parts(self, p, work):
-        arch = p.arch
-        rows, cols = p.largest_linear.shape
-        device = {
-            "one decoder layer in the working dtype": sum(t.numel for t in arch.tensors() if t.layer == 0) * work,
-            # one Hessian per group of linears reading the same activation (ArchFamily.input_groups)
-            "Hessians, cols^2 fp32 per input of one layer": sum(c * c * 4 for c in arch.input_widths().values()),
-            "fp32 W, Q and Err of the largest linear, and its H^-1": 3 * rows * cols * 4 + cols * cols * 4,
-            "calibration activations (layer inputs and outputs)": 2 * p.calibration_samples * p.calibration_length * arch.hidden_size * work,
-        }
-        host = {"source model in the working dtype": arch.num_params() * work, "quantized output": p.weight_bytes}
-        return device, host
+        return streaming_budget(self.kind, p.arch, p.device, p.source_bytes, calibration_samples=p.calibration_samples,
+                                calibration_length=p.calibration_length, batch_size=max(1, 8192 // max(1, p.calibration_length)))
 
     def peak(self, p: PeakInputs) -> dict:
-        return {**super().peak(p), "calibration": {"samples": p.calibration_samples, "length": p.calibration_length}}
+        from quantbench.streaming.budget import disk_budget
+
+        b = self.budget(p)
+        worst = lambda phases: max(phases.values(), key=lambda t: sum(t.values()), default={})  # noqa: E731
+        on_host = not b.device_phases
+        disk = disk_budget(self.kind, p.arch, p.weight_bytes, p.source_bytes)
+        return {
+            "strategy": self.name,
+            "runs_on": "host" if on_host else p.device,
+            "description": self.description,
+            "peak_bytes": b.host_peak_bytes if on_host else b.device_peak_bytes,
+            "host_peak_bytes": b.host_peak_bytes,
+            "device_parts": worst(b.device_phases),
+            "host_parts": {"process baseline": b.baseline_host_bytes, **worst(b.host_phases)},
+            "phases": {"host": b.host_phases, "device": b.device_phases},
+            "budget_lines": b.lines(),
+            "disk_bytes": sum(disk.values()),
+            "disk_parts": disk,
+        }
 
 
-LOAD_CONVERT = LoadConvert("load-convert", "host", "transformers loads the model in the target dtype tensor by tensor and saves it")
-QUANTIZE_ON_LOAD = QuantizeOnLoad(
-    "quantize-on-load", "device",
-    "transformers loads each tensor to the device and bitsandbytes quantizes it there; "
-    "saving from a GPU copies each shard to host memory",
+STREAM_RTN = StreamingFromDisk(
+    "streaming-per-tensor", "device",
+    "one linear at a time is read from the checkpoint (pread), quantized on the device, packed and appended to the artifact",
+    kind="rtn",
 )
-WHOLE_MODEL = WholeModel(
-    "whole-model", "host",
-    "the whole source model is loaded (llama.cpp's quantize maps its input file in full), "
-    "then each tensor is converted to fp32 and quantized",
+STREAM_GPTQ = StreamingFromDisk(
+    "streaming-layer-by-layer", "device",
+    "one decoder layer at a time is read from the checkpoint onto the device with its Hessians and the calibration "
+    "activations, quantized, run, and appended to the artifact (methods/sequential.py per layer)",
+    kind="gptq",
 )
-STREAMING = Streaming(
-    "streaming", "host",
-    "one tensor at a time is read from the source shards, converted and written (quantbench's GGUF writer)",
-    work_bytes=4,
+STREAM_AWQ = StreamingFromDisk(STREAM_GPTQ.name, "device", STREAM_GPTQ.description, kind="awq")
+STREAM_BNB = StreamingFromDisk(
+    "streaming-per-tensor", "device",
+    "one tensor at a time is read from the checkpoint, quantized by bitsandbytes on the device and appended to the artifact",
+    kind="bnb",
 )
-MODEL_PER_TENSOR = ModelPerTensor(
-    "fp32-model-per-tensor", "device",
-    "the model is loaded in fp32 in host memory; each linear goes to the device alone (round-to-nearest)",
-    work_bytes=4,
+STREAM_GGUF_WRITER = StreamingFromDisk(
+    "streaming-per-tensor", "host",
+    "quantbench's GGUF writer reads one tensor at a time from the checkpoint (pread), encodes it from fp32 and appends it",
+    kind="gguf-writer",
 )
-LAYER_BY_LAYER = LayerByLayer(
-    "layer-by-layer", "device",
-    "the model stays in host memory in fp32; one decoder layer at a time goes to the device with its "
-    "Hessians and the calibration activations (methods/sequential.py)",
-    work_bytes=4,
+STREAM_GGUF_LLAMA_CPP = StreamingFromDisk(
+    "writer-then-llama.cpp", "host",
+    "the writer streams a lossless intermediate GGUF to disk, then llama.cpp's quantizer converts it tensor by tensor "
+    "(it maps the intermediate: file-backed pages, not anonymous memory); the intermediate is deleted after",
+    kind="gguf-llama.cpp",
 )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quantbench.arch import LAYER_LINEARS, LINEAR, ArchSpec
+from quantbench.arch import LINEAR, ArchSpec
 from quantbench.formats.compressed_tensors import PACK_SLICE_VALUES
 from quantbench.formats.safetensors_stream import CONVERT_SLICE_BYTES
 from quantbench.streaming.intgrid import RTN_SLICE_ELEMENTS
@@ -67,16 +67,12 @@ class MemoryBudget:
 
 
 def _layer_linear_shapes(arch: ArchSpec) -> list[tuple[int, int]]:
-    return [arch._linear_shape(kind) for _, _, kind in LAYER_LINEARS]
+    return [arch.linear_shape(kind) for _, _, kind in arch.family.linears]
 
 
 def _input_group_cols(arch: ArchSpec) -> list[int]:
     """cols of each activation a layer's linears read (q/k/v share one, gate/up share one)."""
-    seen = {}
-    for _, _, kind in LAYER_LINEARS:
-        group = {"q": "attn", "kv": "attn", "o": "o", "up": "mlp", "down": "down"}[kind]
-        seen[group] = arch._linear_shape(kind)[1]
-    return list(seen.values())
+    return list(arch.input_widths().values())
 
 
 def _packed_bytes(rows: int, cols: int, bits: int, group_size: int) -> int:
@@ -156,7 +152,11 @@ def streaming_budget(
             layer[f"scale search over the widest group: 3 x its weights fp32 ({F} x {H} x 2)"] = 3 * 2 * F * H * 4
         dev["one layer"] = layer
     elif kind == "bnb":
-        host["one tensor"] = {**big_read, **write_slice, "its quantized form (<= src)": biggest.numel * source_bytes // 2}
+        host["non-linear tensors (embedding, lm_head, norms), one at a time"] = {**big_read, **write_slice}
+        host["one linear"] = {
+            f"the largest linear read ({rows} x {cols} x src)": L * source_bytes,
+            "its 4-bit codes and fp32 absmax on the host for writing": L // 2 + L // 64 * 4,
+        }
         dev["one linear"] = {
             "the largest linear in the compute dtype (bf16)": L * 2,
             "its 4-bit codes and absmax": L // 2 + L // 64 * 4,
@@ -172,7 +172,8 @@ def streaming_budget(
             "the largest tensor converted to fp32": biggest.numel * 4,
             "its quantized output buffer (<= 1 B/value for <= 8-bit types)": biggest.numel,
         }
-    baseline = BASELINE_HOST_BYTES + (CUDA_CONTEXT_HOST_BYTES if device.startswith("cuda") else 0)
+    uses_cuda = device.startswith("cuda") and kind in ("rtn", "gptq", "awq", "bnb")  # GGUF conversion runs on the host
+    baseline = BASELINE_HOST_BYTES + (CUDA_CONTEXT_HOST_BYTES if uses_cuda else 0)
     if not device.startswith("cuda"):  # the device is the host
         for phase, terms in dev.items():
             host[phase] = {**host.get(phase, {}), **terms}

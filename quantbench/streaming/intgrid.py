@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from quantbench.arch import LINEAR
+from quantbench.arch import LINEAR, ArchSpec
 from quantbench.artifact import write_text_atomic
 from quantbench.formats.compressed_tensors import encode_linear, quantization_config
 from quantbench.formats.safetensors_stream import CheckpointReader, ShardedWriter
@@ -69,7 +69,7 @@ def _write_linear(writer: ShardedWriter, module: str, q) -> None:
 def _artifact_config(hf_config: dict, bits: int, group_size: int, scale_dtype: torch.dtype, storage_dtype_name: str) -> dict:
     """config.json of the artifact; built before any work (it imports compressed-tensors, 0.13 GB)."""
     config = dict(hf_config)
-    config["quantization_config"] = quantization_config(bits, group_size, scale_dtype, ignore=["lm_head"])
+    config["quantization_config"] = quantization_config(bits, group_size, scale_dtype, ignore=[ArchSpec.from_config(hf_config).family.lm_head])
     config["dtype"] = storage_dtype_name
     config.pop("torch_dtype", None)
     return config
@@ -81,8 +81,6 @@ def _write_config(out_dir: Path, config: dict) -> None:
 
 def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str, max_shard_bytes: int = 5 * 2**30) -> StreamedArtifact:
     """RTN (methods.rtn.RTNConfig `config`) every linear, one tensor at a time from the checkpoint."""
-    from quantbench.arch import ArchSpec
-
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     hf_config = json.loads((source_dir / "config.json").read_text())
     arch = ArchSpec.from_config(hf_config)
@@ -139,11 +137,12 @@ def quantize_layers_streaming(
         lazy.load_embedding(device)
         inputs = sequential.capture_layer0_inputs(lazy.model, samples, device, batch_size)
         lazy.release_embedding()
-        writer.add("model.embed_tokens.weight", lazy.reader.read("model.embed_tokens.weight"), storage)
+        embed = f"{arch.family.embed}.weight"
+        writer.add(embed, lazy.reader.read(embed), storage)
         result = sequential.SequentialResult()
         for index in range(arch.num_layers):
             t0 = time.perf_counter()
-            prefix = f"model.layers.{index}"
+            prefix = f"{arch.family.layers}.{index}"
             layer = lazy.load_layer(index, device)
             quantize_layer(layer, inputs, prefix, result)
             inputs = sequential.run_layer(layer, inputs)
@@ -158,7 +157,7 @@ def quantize_layers_streaming(
             lazy.release_layer(index)
             log.info("layer %d quantized and written in %.1f s", index, time.perf_counter() - t0)
         for t in arch.tensors():
-            if t.layer is None and t.name != "model.embed_tokens.weight":
+            if t.layer is None and t.name != embed:
                 writer.add(t.name, lazy.reader.read(t.name), storage)
         written = writer.close()
     peak_device = None

@@ -41,7 +41,7 @@ class LazyModel:
         the rows it looks up to fp32 (exactly what an fp32 table would return, at half the memory);
         any other embedding module (e.g. Gemma's scaled one) is materialized in fp32."""
         embed = self.model.get_input_embeddings()
-        W = self.reader.read("model.embed_tokens.weight")
+        W = self.reader.read(f"{self.arch.family.embed}.weight")
         if type(embed) is torch.nn.Embedding:
             embed.weight = torch.nn.Parameter(W.to(device), requires_grad=False)
             self._embed_hook = embed.register_forward_hook(lambda module, args, out: out.float())
@@ -61,7 +61,7 @@ class LazyModel:
     def load_layer(self, index: int, device: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         """Decoder layer `index` with the checkpoint's weights, on `device` in `dtype`."""
         layer = self.layers()[index]
-        prefix = f"model.layers.{index}."
+        prefix = f"{self.arch.family.layers}.{index}."
         state = {}
         for name in self.layer_tensor_names(index):
             state[name.removeprefix(prefix)] = self.reader.read(name).to(device=device, dtype=dtype)
