@@ -42,6 +42,9 @@ class Settings:
     warmup: int = 1
     measure_speed: bool = True
     runtime: str | None = None  # None: the device's default (recipes/open.py); or transformers, llama.cpp, quantbench
+    # Per-device cap for the reference ({0: bytes, "cpu": bytes}, accelerate's max_memory): a model larger
+    # than one GPU is split across GPUs and the CPU. None: the whole model on the device.
+    max_memory: dict | None = None
 
 
 @dataclass
@@ -79,7 +82,7 @@ def prepare(model: str | None, text: str | None, settings: Settings, trust_remot
     return Workload(source, corpus, settings, [asdict(w) for w in windows], calib, prompt, tokenizer)
 
 
-def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
+def ensure_reference(work: Workload, device: str, env: dict | None = None) -> tuple[Path, float]:
     """The one shared reference for (model, text, protocol): compute once, reuse from the cache."""
     from quantbench.eval.reference import Reference, reference_key, reference_path
 
@@ -88,11 +91,14 @@ def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
     path = reference_path(cache_dir(), key)
     if not path.is_file():
         log.info("computing the full-precision reference once (%d windows)", len(work.windows))
+        if work.settings.max_memory:  # the cap may name several GPUs: the job sees every GPU
+            env, device = None, "cuda" if device.startswith("cuda") else device
         meta = {"model": work.source.name, "model_fingerprint": work.source.fingerprint, "text": work.text.name,
                 "text_fingerprint": work.text.fingerprint, "protocol": work.settings.protocol.describe()}
         run_in_fresh_process({"kind": "reference", "model_path": str(work.source.path), "device": device,
                               "windows": work.windows, "reference_path": str(path), "meta": meta,
-                              "trust_remote_code": work.source.trust_remote_code})
+                              "trust_remote_code": work.source.trust_remote_code,
+                              "max_memory": work.settings.max_memory}, env)
     ref = Reference(path)
     ref.check_matches([w["targets"] for w in work.windows])
     nll, n = 0.0, 0
@@ -103,7 +109,7 @@ def ensure_reference(work: Workload, device: str) -> tuple[Path, float]:
     return path, math.exp(nll / n)
 
 
-def quantize_to(work: Workload, method: str, out: Path, device: str, options: dict | None = None) -> dict:
+def quantize_to(work: Workload, method: str, out: Path, device: str, options: dict | None = None, env: dict | None = None) -> dict:
     """Write `method`'s artifact for the workload's model to `out` (atomically) and return its metadata."""
     from quantbench.recipes import get_recipe
 
@@ -116,10 +122,11 @@ def quantize_to(work: Workload, method: str, out: Path, device: str, options: di
         raise QuantbenchError(f"{method} needs calibration text: the calibration split is shorter than one sample of "
                               f"{work.settings.calibration_length} tokens; give a longer --text")
     options = {**(options or {}), "calibration_samples": len(calib), "calibration_length": work.settings.calibration_length}
+    replaced = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) if Path(out).is_dir() else 0
     with atomic_dir(out) as tmp:
-        result = run_in_fresh_process({"kind": "quantize", "method": method, "model_path": str(work.source.path),
+        result = run_in_fresh_process({"kind": "quantize", "method": method, "model_path": str(work.source.path), "replaced_bytes": replaced,
                                        "model_name": work.source.name, "model_fingerprint": work.source.fingerprint,
-                                       "out_dir": str(tmp), "device": device, "calibration": calib, "options": options})
+                                       "out_dir": str(tmp), "device": device, "calibration": calib, "options": options}, env)
         meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
                 "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},
                 "calibration": {"text": work.text.name, "text_fingerprint": work.text.fingerprint, "samples": len(calib),
@@ -156,7 +163,7 @@ def _quantized_tensor_names(arch: ArchSpec, stored: dict[str, int], method: str 
 
 
 def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Path, reference_ppl: float,
-                      tasks: list[dict] | None = None) -> dict:
+                      tasks: list[dict] | None = None, env: dict | None = None) -> dict:
     s = work.settings
     speed = {"prompt_ids": work.prompt_ids, "new_tokens": s.new_tokens, "batch": s.batch, "repeats": s.repeats,
              "warmup": s.warmup} if s.measure_speed else None
@@ -165,7 +172,7 @@ def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Pa
     runtime = s.runtime or default_runtime(Path(artifact), device)
     row = run_in_fresh_process({"kind": "evaluate", "artifact": str(artifact), "device": device, "windows": work.windows,
                                 "reference_path": str(reference), "speed": speed, "tasks": tasks, "runtime": runtime,
-                                "llama_cpp_first": runtime == "llama.cpp" and device.startswith("cuda")})
+                                "llama_cpp_first": runtime == "llama.cpp" and device.startswith("cuda")}, env)
     meta = read_meta(artifact)
     row["method"] = meta["method"]
     if "weight_bytes" not in meta:
@@ -193,16 +200,24 @@ def resolve_methods(methods: list[str] | None) -> list[str]:
 def compare(model: str | None = None, methods: list[str] | None = None, text: str | None = None,
             out_dir: Path = Path("quantbench-out"), device: str | None = None, settings: Settings = Settings(),
             tasks_file: Path | None = None, memory_budget_bytes: int | None = None, trust_remote_code: bool = False,
-            progress: Callable[[str], None] = lambda msg: None, context: int = 4096) -> dict:
+            progress: Callable[[str], None] = lambda msg: None, context: int = 4096, devices: list[str] | None = None) -> dict:
     """Quantize with every method, measure each in a fresh process, and return the comparison.
 
     With `memory_budget_bytes`, every row also gets its runtime memory at `context` (quantbench.fit.budget:
     weights + KV cache + llama.cpp's buffers) and the recommendation picks among the rows that fit;
-    the method name "fit" adds quantbench fit's artifact for that budget."""
-    from quantbench.recipes import get_recipe
-    from quantbench.device import resolve_device
+    the method name "fit" adds quantbench fit's artifact for that budget.
+
+    With several GPUs (`devices`, default: every visible GPU on CUDA) independent methods run at once,
+    one fresh process per GPU that sees only its GPU (CUDA_VISIBLE_DEVICES); each method's numbers are
+    the ones it gives on one GPU.
+    """
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantbench.device import isolate_gpu, resolve_device, resolve_devices
 
     device = resolve_device(device)
+    gpus = resolve_devices(devices, device)
     names = resolve_methods(methods)
     if FIT_METHOD in names and memory_budget_bytes is None:
         raise QuantbenchError("the method 'fit' needs --memory-budget: it builds the best GGUF for that budget")
@@ -214,39 +229,34 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
 
         tasks = load_tasks(Path(tasks_file), work.tokenizer)
     progress("reference log-probabilities")
-    reference, reference_ppl = ensure_reference(work, device)
-    rows = []
+    env, inside = isolate_gpu(gpus[0])
+    reference, reference_ppl = ensure_reference(work, inside, env)
     started = time.perf_counter()
-    for i, method in enumerate(names, 1):
-        if i > 1:
-            elapsed = time.perf_counter() - started
-            eta = elapsed / (i - 1) * (len(names) - i + 1)
-            progress(f"{i - 1}/{len(names)} methods done, {elapsed / 60:.1f} min elapsed, about {eta / 60:.1f} min left")
-        if method == FIT_METHOD:
-            rows.append(_fit_row(work, memory_budget_bytes, context, Path(out_dir), device, reference, reference_ppl, tasks,
-                                 lambda msg: progress(f"[{i}/{len(names)}] fit: {msg}")))
-            continue
-        recipe = get_recipe(method)
-        reason = recipe.unavailable_reason(device)
-        if reason:
-            progress(f"[{i}/{len(names)}] {method}: UNAVAILABLE on {device}: {reason}")
-            rows.append({"method": method, "runtime": recipe.runtime, "device": device, "status": f"unavailable: {reason}"})
-            continue
-        artifact = Path(out_dir) / "artifacts" / method
-        t0 = time.perf_counter()
+    free: queue.Queue = queue.Queue()
+    for gpu in gpus:
+        free.put(gpu)
+    done = []
+
+    def run(i: int, method: str) -> dict:
+        gpu = free.get()
         try:
-            if not _artifact_matches(artifact, work, method, device):
-                progress(f"[{i}/{len(names)}] {method}: quantizing")
-                quantize_to(work, method, artifact, device)
-            progress(f"[{i}/{len(names)}] {method}: measuring")
-            row = evaluate_artifact(work, artifact, device, reference, reference_ppl, tasks)
-        except QuantbenchError as exc:
-            progress(f"[{i}/{len(names)}] {method}: FAILED: {exc}")
-            rows.append({"method": method, "runtime": recipe.runtime, "device": device, "status": f"failed: {exc}"})
-            continue
-        progress(f"[{i}/{len(names)}] {method}: done in {time.perf_counter() - t0:.0f}s "
-                 f"(ppl {row['ppl']:.3f}, kld {row['kld_mean']:.4f})")
-        rows.append(row)
+            if method == FIT_METHOD:
+                row = _fit_row(work, memory_budget_bytes, context, Path(out_dir), device, reference, reference_ppl, tasks,
+                               lambda msg: progress(f"[{i}/{len(names)}] fit: {msg}"))
+            else:
+                row = _compare_one(work, method, f"[{i}/{len(names)}]" + (f" {gpu}" if len(gpus) > 1 else ""), gpu, out_dir,
+                                   reference, reference_ppl, tasks, progress)
+        finally:
+            free.put(gpu)
+        done.append(method)
+        elapsed = time.perf_counter() - started
+        progress(f"{len(done)}/{len(names)} methods done, {elapsed / 60:.1f} min elapsed, "
+                 f"about {elapsed / len(done) * (len(names) - len(done)) / 60:.1f} min left")
+        return row
+
+    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+        rows = list(pool.map(run, range(1, len(names) + 1), names))
+    wall_seconds = time.perf_counter() - started
     result = {
         "model": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint,
                   "params": ArchSpec.from_config(work.source.config()).num_params()},
@@ -259,6 +269,8 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
                                "measured": settings.measure_speed},
                      "kld": "KL(P_ref || Q) per scored token, natural log"},
         "rows": rows,
+        "devices": gpus,
+        "methods_wall_seconds": wall_seconds,
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -323,6 +335,34 @@ def _add_runtime_memory(work: Workload, rows: list[dict], budget: int, context: 
     return {"context": context, "rule": "weights + KV cache at the context (padded to 256 cells) + llama.cpp's compute "
             "and output buffers for this model (n_ubatch 512, flash attention on, CPU), the same buffers for every row",
             "llama_cpp_flags_f16": RuntimeSetting(context).llama_cpp_flags()}
+
+
+def _compare_one(work: Workload, method: str, tag: str, gpu: str, out_dir: Path, reference: Path, reference_ppl: float,
+                 tasks, progress: Callable[[str], None]) -> dict:
+    """Quantize (unless a matching artifact exists) and measure one method, in fresh processes that see only `gpu`."""
+    from quantbench.device import isolate_gpu
+    from quantbench.recipes import get_recipe
+
+    env, device = isolate_gpu(gpu)
+    recipe = get_recipe(method)
+    reason = recipe.unavailable_reason(device)
+    if reason:
+        progress(f"{tag} {method}: UNAVAILABLE on {device}: {reason}")
+        return {"method": method, "runtime": recipe.runtime, "device": device, "status": f"unavailable: {reason}"}
+    artifact = Path(out_dir) / "artifacts" / method
+    t0 = time.perf_counter()
+    try:
+        if not _artifact_matches(artifact, work, method, device):
+            progress(f"{tag} {method}: quantizing")
+            quantize_to(work, method, artifact, device, env=env)
+        progress(f"{tag} {method}: measuring")
+        row = evaluate_artifact(work, artifact, device, reference, reference_ppl, tasks, env)
+    except QuantbenchError as exc:
+        progress(f"{tag} {method}: FAILED: {exc}")
+        return {"method": method, "runtime": recipe.runtime, "device": device, "status": f"failed: {exc}"}
+    row["gpu"] = gpu
+    progress(f"{tag} {method}: done in {time.perf_counter() - t0:.0f}s (ppl {row['ppl']:.3f}, kld {row['kld_mean']:.4f})")
+    return row
 
 
 def _artifact_matches(artifact: Path, work: Workload, method: str, device: str) -> bool:

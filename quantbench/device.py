@@ -127,3 +127,47 @@ def peak_kind(device: str) -> str:
     if device.startswith("cuda"):
         return "torch.cuda.max_memory_allocated"
     return "process peak RSS (VmHWM) incl. Python and torch"
+
+
+def resolve_devices(devices: list[str] | None, device: str) -> list[str]:
+    """The devices `compare` spreads independent methods over, checked before any work.
+
+    No list: every visible GPU when `device` is "cuda", else just `device`. A list: each entry must be
+    `cuda:N` for a GPU this process sees (CUDA_VISIBLE_DEVICES applies), named once.
+    """
+    if not devices:
+        if device == "cuda" and cuda_available():
+            import torch
+
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return [device]
+    if device == "cpu" or not all(d.startswith("cuda:") for d in devices):
+        raise QuantbenchError(f"--devices {','.join(devices)}: name GPUs as cuda:N (e.g. cuda:0,cuda:1); on a CPU leave it out")
+    if not cuda_available():
+        raise QuantbenchError(f"--devices {','.join(devices)}: this machine has no CUDA GPU")
+    import torch
+
+    count = torch.cuda.device_count()
+    seen = set()
+    for d in devices:
+        index = d.removeprefix("cuda:")
+        if not index.isdigit() or int(index) >= count:
+            raise QuantbenchError(f"--devices names {d}, but this process sees {count} GPU(s): cuda:0..cuda:{count - 1}")
+        if d in seen:
+            raise QuantbenchError(f"--devices names {d} twice")
+        seen.add(d)
+    return list(devices)
+
+
+def isolate_gpu(device: str) -> tuple[dict[str, str], str]:
+    """(environment, device name inside) for a fresh process that may see only `device` (cuda:N):
+    CUDA_VISIBLE_DEVICES is the N-th GPU of this process's own visible list, and inside it is "cuda"."""
+    import os
+
+    if not device.startswith("cuda:"):
+        return {}, device
+    index = int(device.removeprefix("cuda:"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[index].strip() if visible else str(index)
+    return {"CUDA_VISIBLE_DEVICES": physical}, "cuda"
+

@@ -28,13 +28,14 @@ from quantbench.errors import QuantbenchError  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def run_in_fresh_process(job: dict) -> dict:
+def run_in_fresh_process(job: dict, env: dict[str, str] | None = None) -> dict:
+    """Run `job` in a new Python process; `env` adds to its environment (e.g. CUDA_VISIBLE_DEVICES)."""
     with tempfile.TemporaryDirectory(prefix="quantbench-job-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job, default=str))
         timeout = float(os.environ.get("QUANTBENCH_JOB_TIMEOUT", 4 * 3600))
         try:
-            env = {**os.environ, "QUANTBENCH_LLAMA_CPP_FIRST": "1" if job.get("llama_cpp_first") else "0"}
+            env = {**os.environ, **(env or {}), "QUANTBENCH_LLAMA_CPP_FIRST": "1" if job.get("llama_cpp_first") else "0"}
             proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)],
                                   stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
@@ -56,10 +57,14 @@ def job_reference(job: dict) -> dict:
     from quantbench.eval.reference import compute_reference
     from quantbench.runtimes.hf import HFRuntime
 
-    runtime = HFRuntime.load(Path(job["model_path"]), job["device"], dtype=None, trust_remote_code=job.get("trust_remote_code", False))
+    # JSON turned accelerate's integer GPU keys into strings
+    max_memory = {int(k) if str(k).isdigit() else k: v for k, v in (job.get("max_memory") or {}).items()} or None
+    runtime = HFRuntime.load(Path(job["model_path"]), job["device"], dtype=None, trust_remote_code=job.get("trust_remote_code", False),
+                             max_memory=max_memory)
     windows = [Window(**w) for w in job["windows"]]
-    compute_reference(runtime, windows, Path(job["reference_path"]), {**job["meta"], "dtype": runtime.dtype, "device": runtime.device})
-    return {"dtype": runtime.dtype, "device": runtime.device}
+    placement = {"max_memory": job.get("max_memory"), "device_map": runtime.placement} if max_memory else {}
+    compute_reference(runtime, windows, Path(job["reference_path"]), {**job["meta"], "dtype": runtime.dtype, "device": runtime.device, **placement})
+    return {"dtype": runtime.dtype, "device": runtime.device, **placement}
 
 
 def job_quantize(job: dict) -> dict:
@@ -71,10 +76,16 @@ def job_quantize(job: dict) -> dict:
     recipe = get_recipe(job["method"])
     source = ModelSource(Path(job["model_path"]), job["model_name"], job["model_fingerprint"])
     calibration = job.get("calibration") or []
+    from quantbench.plan.resources import check_quantize_resources
+
+    options = job.get("options", {})
+    resources = check_quantize_resources(Path(job["model_path"]), job["method"], Path(job["out_dir"]), job["device"],
+                                         len(calibration), options.get("calibration_length") or 0, job.get("replaced_bytes", 0))
     reset_peak(job["device"])
     t0 = time.perf_counter()
     meta = recipe.quantize(QuantizeJob(source, Path(job["out_dir"]), job["device"], lambda: calibration, job.get("options", {})))
-    return {"metadata": meta, "quantize_seconds": time.perf_counter() - t0, "quantize_peak_bytes": peak_bytes(job["device"])}
+    return {"metadata": meta, "quantize_seconds": time.perf_counter() - t0, "quantize_peak_bytes": peak_bytes(job["device"]),
+            "resources_checked": resources}
 
 
 def job_evaluate(job: dict) -> dict:

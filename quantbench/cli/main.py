@@ -26,6 +26,18 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def parse_max_memory(text: str) -> dict:
+    """'cuda:0=10GB,cuda:1=80GB,cpu=200GB' -> accelerate's max_memory {0: bytes, 1: bytes, "cpu": bytes}."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, amount = part.partition("=")
+        name = name.strip()
+        if not amount or not (name == "cpu" or (name.startswith("cuda:") and name[5:].isdigit())):
+            raise argparse.ArgumentTypeError(f"'{text}': write DEVICE=SIZE pairs, e.g. cuda:0=10GB,cpu=100GB")
+        out["cpu" if name == "cpu" else int(name[5:])] = parse_bytes(amount)
+    return out
+
+
 def _add_measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file to calibrate and score on (default: built-in Wikipedia excerpt)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)")
@@ -44,6 +56,9 @@ def _add_measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="auto", choices=("auto", "transformers", "llama.cpp", "quantbench"),
                    help="runtime that measures each artifact (default auto: quantbench's CUDA-graph runtime on CUDA for "
                    "every family it runs, llama.cpp for GGUF, transformers on a CPU)")
+    p.add_argument("--max-memory", type=parse_max_memory, help="cap per device for the full-precision reference, e.g. "
+                   "cuda:0=10GB,cuda:1=40GB,cpu=200GB: the model is split across the GPUs and the rest streamed from the CPU "
+                   "(accelerate's max_memory); for models larger than one GPU")
 
 
 def _settings(args):
@@ -54,7 +69,8 @@ def _settings(args):
     protocol = PerplexityProtocol(window=args.window, max_windows=args.windows, score_from=args.score_from, bos_token_id=bos)
     return Settings(protocol=protocol, calibration_samples=args.calibration_samples, calibration_length=args.calibration_length,
                     prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, batch=args.batch, repeats=args.repeats,
-                    measure_speed=not args.no_speed, runtime=None if args.runtime == "auto" else args.runtime)
+                    measure_speed=not args.no_speed, runtime=None if args.runtime == "auto" else args.runtime,
+                    max_memory=args.max_memory)
 
 
 def _progress(message: str) -> None:
@@ -128,7 +144,8 @@ def cmd_compare(args) -> int:
         return _dry_run(args, methods)
     result = api.compare(args.model, methods, text=args.text, out_dir=Path(args.out), device=args.device,
                          settings=_settings(args), tasks_file=args.tasks, memory_budget_bytes=args.memory_budget,
-                         progress=_progress, context=args.context)
+                         progress=_progress, context=args.context,
+                         devices=[d.strip() for d in args.devices.split(",")] if args.devices else None)
     written = write_all(result, Path(args.out), Path(args.json) if args.json else None)
     print(text_table(result))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -175,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recommend the best method whose runtime memory (weights + KV cache at --context + llama.cpp's "
                    "buffers) fits, e.g. 1GB; with --methods ...,fit also builds quantbench fit's GGUF for it")
     p.add_argument("--context", type=int, default=4096, help="context the --memory-budget must hold (default 4096)")
+    p.add_argument("--devices", help="GPUs to run methods on concurrently, one fresh process each, e.g. cuda:0,cuda:1 "
+                                     "(default with --device cuda/auto: every visible GPU)")
     _add_measure_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (bytes, bits/weight, memory) and stop")
     p.set_defaults(func=cmd_compare)

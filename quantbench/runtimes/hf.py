@@ -35,19 +35,25 @@ class HFRuntime(Runtime):
         self.dtype = str(model.dtype).removeprefix("torch.")
         self._past = None
         self._next = None
+        self.placement = None  # accelerate's device map when loaded with max_memory
 
     @classmethod
-    def load(cls, path: Path, device: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> "HFRuntime":
+    def load(cls, path: Path, device: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+             max_memory: dict | None = None) -> "HFRuntime":
+        """`max_memory` ({0: bytes, 1: bytes, "cpu": bytes}, accelerate's form) caps each device: the model is
+        split across the GPUs in order, and what does not fit is kept on the CPU and streamed to the GPU
+        layer by layer as it runs (accelerate's big-model inference, device_map="auto")."""
         from transformers import AutoModelForCausalLM
 
+        placement = {"device_map": device} if not max_memory else {"device_map": "auto", "max_memory": max_memory}
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype or "auto", device_map=device, trust_remote_code=trust_remote_code
-            )
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=trust_remote_code, **placement)
         except (OSError, ValueError, RuntimeError) as exc:
             raise QuantbenchError(f"transformers could not load {path}: {exc}") from None
         model.eval()
-        return cls(model, device)
+        runtime = cls(model, device)
+        runtime.placement = dict(getattr(model, "hf_device_map", {}) or {}) if max_memory else None
+        return runtime
 
     def _ids(self, ids: Sequence[int], batch: int = 1) -> torch.Tensor:
         return torch.tensor([list(ids)] * batch, dtype=torch.long, device=self._torch_device)

@@ -114,14 +114,13 @@ def streaming_budget(
         host["non-linear tensors (embedding, lm_head, norms), one at a time"] = {**big_read, **write_slice}
         host["one linear"] = {
             f"the largest linear read ({rows} x {cols} x src)": L * source_bytes,
-            "its codes (1 B/weight) on the host": L,
             "its packed form": _packed_bytes(rows, cols, bits, group_size),
-            "packing scratch": PACK_SCRATCH_BYTES,
         }
         dev["one linear"] = {
             "the largest linear in fp32": L * 4,
             "RTN temporaries of one slice of rows (4 fp32 copies)": 4 * 4 * min(L, RTN_SLICE_ELEMENTS),
             "its codes (uint8)": L,
+            "packing scratch": PACK_SCRATCH_BYTES,
         }
     elif kind in ("gptq", "awq"):
         hidden_states = S * T * H * 4

@@ -94,7 +94,7 @@ def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str,
             if t.role == LINEAR:
                 q = rtn_by_rows(W.to(device, torch.float32), config)
                 del W
-                _write_linear(writer, t.name.removesuffix(".weight"), q.to("cpu"))
+                _write_linear(writer, t.name.removesuffix(".weight"), q)  # packed where it was quantized
             else:
                 writer.add(t.name, W, storage)
         written = writer.close()
