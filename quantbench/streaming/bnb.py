@@ -63,11 +63,13 @@ def quantize_bnb_streaming(
                 writer.add(t.name, packed)
                 for key, value in state.as_dict(packed=True).items():
                     writer.add(f"{t.name}.{key}", value)
+                del packed, state  # or they stay on the device while the next linear is quantized
             else:
                 CB, SCB, _ = F.int8_vectorwise_quant(w.contiguous().to(torch.float16))
                 writer.add(t.name, CB)
                 writer.add(f"{module}.SCB", SCB)
                 writer.add(f"{module}.weight_format", torch.tensor(0, dtype=torch.uint8))
+                del CB, SCB
             del w
         written = writer.close()
     peak_device = None

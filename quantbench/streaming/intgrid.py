@@ -87,6 +87,9 @@ def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str,
     reader = CheckpointReader(source_dir)
     storage = getattr(torch, config.scale_dtype)
     artifact_config = _artifact_config(hf_config, config.bits, config.group_size, storage, config.scale_dtype)
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with MemorySampler() as sampler, torch.no_grad(), ShardedWriter(out_dir, max_shard_bytes) as writer:
         for t in arch.tensors():
@@ -95,11 +98,13 @@ def quantize_rtn_streaming(source_dir: Path, out_dir: Path, config, device: str,
                 q = rtn_by_rows(W.to(device, torch.float32), config)
                 del W
                 _write_linear(writer, t.name.removesuffix(".weight"), q)  # packed where it was quantized
+                del q
             else:
                 writer.add(t.name, W, storage)
         written = writer.close()
     _write_config(out_dir, artifact_config)
-    return StreamedArtifact(written.tensor_bytes, written.files, time.perf_counter() - start, sampler.peaks)
+    peak_device = torch.cuda.max_memory_allocated(device) if on_cuda else None
+    return StreamedArtifact(written.tensor_bytes, written.files, time.perf_counter() - start, sampler.peaks, peak_device)
 
 
 LayerQuantizer = Callable[[torch.nn.Module, "object", str, "object"], None]
