@@ -28,9 +28,11 @@ def _paired(pick: str, other: str, per_token: dict, key: str) -> dict | None:
             "distinguishable": distinguishable(diff)}
 
 
-def _note(pick: str, comparison: dict | None, label: str) -> str:
-    if comparison is None:
+def _note(pick: str, comparison: dict | None, label: str, next_candidate: str | None) -> str:
+    if next_candidate is None:
         return "no other candidate under this rule"
+    if comparison is None:
+        return f"next candidate {next_candidate}; no per-token data was kept, so the two were not compared paired"
     d = comparison["difference"]
     span = f"{label} {d['estimate']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
     if comparison["distinguishable"]:
@@ -69,7 +71,7 @@ def recommend(rows: list[dict], memory_budget_bytes: int | None, per_token: dict
     best = order[0]
     comparison = _paired(best["method"], order[1]["method"], per_token, key) if len(order) > 1 else None
     out.update(method=best["method"], rule=rule, next_candidate=order[1]["method"] if len(order) > 1 else None,
-               comparison=comparison, note=_note(best["method"], comparison, label))
+               comparison=comparison, note=_note(best["method"], comparison, label, order[1]["method"] if len(order) > 1 else None))
     interval = best.get("kld_mean_interval")
     if rank_by == "kld" and memory_budget_bytes is None and interval and interval["high"] > NEAR_LOSSLESS_KLD:
         out["note"] += (f"; its mean KLD interval [{interval['low']:.4g}, {interval['high']:.4g}] reaches above "
