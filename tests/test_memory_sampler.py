@@ -6,7 +6,6 @@ import mmap
 import sys
 
 import pytest
-import torch
 
 from quantbench.memory_sampler import MemorySampler, read_memory
 
@@ -15,10 +14,14 @@ MB = 2**20
 
 
 def test_peak_anon_sees_a_transient_allocation():
+    # A private anonymous mapping always brings fresh pages (a shared one counts as RssShmem). A 200 MiB
+    # tensor need not: when an earlier test left freed pages resident in the malloc heap, torch reuses
+    # them and RssAnon does not move. That made this test fail in CI after the whole suite.
     with MemorySampler(interval_s=0.001) as sampler:
-        x = torch.ones(200 * MB // 4)  # 200 MiB, touched
-        sampler.sample()
-        del x
+        with mmap.mmap(-1, 200 * MB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as block:
+            for offset in range(0, len(block), 4096):
+                block[offset] = 1  # touch every page
+            sampler.sample()
     peaks = sampler.peaks
     assert peaks.anon_bytes - peaks.baseline_anon_bytes >= 195 * MB
     assert read_memory().anon_bytes < peaks.anon_bytes - 150 * MB  # freed again: it was a peak, not a level
