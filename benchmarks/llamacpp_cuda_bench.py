@@ -95,7 +95,7 @@ def measure(folder: Path, out: Path, types: list[str], batches: list[int], promp
     from quantbench.fast_bench import kv_bytes_at
     from quantbench.plan import load_model_config
     from quantbench.arch import ArchSpec
-    from quantbench.recipes.gguf import quantize_with_llama_cpp
+    from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
     from quantbench.runtimes.llamacpp import LlamaCppRuntime, buffer_log
 
     arch = ArchSpec.from_config(load_model_config(MODEL).config)

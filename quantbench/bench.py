@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import gc
 import logging
+import os
 import platform
 import statistics
 import time
@@ -29,7 +30,7 @@ import torch
 
 from quantbench.arch import EMBED, ArchSpec
 from quantbench.artifact import versions
-from quantbench.device import allocated_bytes, peak_cuda_bytes, reset_peak
+from quantbench.device import allocated_bytes, describe_device, peak_cuda_bytes, reset_peak
 from quantbench.errors import QuantbenchError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def build_random_model(config: dict, device: str, dtype: torch.dtype, seed: int)
 def run_bench(model_spec: str, settings: BenchSettings = BenchSettings(), progress=None) -> dict:
     from quantbench.eval.speed import measure_speed
     from quantbench.plan import load_model_config, plan
-    from quantbench.device import describe_device, resolve_device
+    from quantbench.device import resolve_device
     from quantbench.recipes import all_recipes, get_recipe
     from quantbench.runtimes.hf import HFRuntime
 
@@ -254,34 +255,34 @@ def run_bench(model_spec: str, settings: BenchSettings = BenchSettings(), progre
         })
         runtime.close()
         del runtime, model
+    return _bench_record(model_config, arch, device, settings, bandwidth, rows,
+                         runtime="transformers eager forward, greedy, DynamicCache")
+
+
+def _bench_record(model_config, arch, device: str, settings: BenchSettings, bandwidth: dict, rows: list[dict],
+                  runtime: str, notes: tuple[str, ...] = ()) -> dict:
+    """What `quantbench bench` returns, whichever runtime measured the rows."""
     return {
         "kind": "synthetic bench (random weights)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": model_config.name, "source": model_config.source, "hub_id": model_config.hub_id,
                   "model_type": arch.model_type, "params": arch.num_params()},
         "device": describe_device(device),
-        "host": {"cpu": platform.processor() or platform.machine(), "cpu_count": _cpu_count()},
+        "host": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
         "versions": {**versions(), "cuda": torch.version.cuda},
         "settings": {"prompt_tokens": settings.prompt_tokens, "new_tokens": settings.new_tokens, "batch": settings.batch,
-                     "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed,
-                     "runtime": "transformers eager forward, greedy, DynamicCache"},
+                     "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed, "runtime": runtime},
         "bandwidth": bandwidth,
         "methods": rows,
         "notes": [QUALITY_NA,
-                  "ceiling = batch x bandwidth / bytes read per decode step (weights once + KV cache at the mean context)"],
+                  "ceiling = batch x bandwidth / bytes read per decode step (weights once + KV cache at the mean context)",
+                  *notes],
     }
-
-
-def _cpu_count() -> int | None:
-    import os
-
-    return os.cpu_count()
 
 
 def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recipes, progress) -> dict:
     """The same bench through quantbench's own runtime (runtimes/fast): random weights packed by each
     recipe's format code, loaded by the runtime's artifact reader (quantbench/fast_bench.py)."""
-    from quantbench.device import describe_device
     from quantbench.fast_bench import fast_rows
     from quantbench.plan import load_model_config, plan
 
@@ -317,20 +318,6 @@ def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recip
                    reported_footprint_bytes=row["resident_weight_bytes"], inference_peak_bytes=row["peak_bytes"],
                    ttft_s=row["warm_ttft_s"], ppl=None, kld=None, quality=QUALITY_NA)
         rows.append(row)
-    return {
-        "kind": "synthetic bench (random weights)",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": model_config.name, "source": model_config.source, "hub_id": model_config.hub_id,
-                  "model_type": arch.model_type, "params": arch.num_params()},
-        "device": describe_device(device),
-        "host": {"cpu": platform.processor() or platform.machine(), "cpu_count": _cpu_count()},
-        "versions": {**versions(), "cuda": torch.version.cuda},
-        "settings": {"prompt_tokens": settings.prompt_tokens, "new_tokens": settings.new_tokens, "batch": settings.batch,
-                     "repeats": settings.repeats, "warmup": settings.warmup, "seed": settings.seed,
-                     "runtime": "quantbench runtime (own decoder, packed weights, static KV cache, decode step as one CUDA graph)"},
-        "bandwidth": bandwidth,
-        "methods": rows,
-        "notes": [QUALITY_NA,
-                  "ceiling = batch x bandwidth / bytes read per decode step (weights once + KV cache at the mean context)",
-                  "each row's `kernels` names the kernel per kind of linear; `numerics` where it differs from the artifact's"],
-    }
+    return _bench_record(model_config, arch, device, settings, bandwidth, rows,
+                         runtime="quantbench runtime (own decoder, packed weights, static KV cache, decode step as one CUDA graph)",
+                         notes=("each row's `kernels` names the kernel per kind of linear; `numerics` where it differs from the artifact's",))

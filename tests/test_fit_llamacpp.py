@@ -85,7 +85,7 @@ def test_kv_bytes_and_buffers_agree_with_llama_cpp(wide_model, wide_f32, tmp_pat
 
     from quantbench.arch import ArchSpec
     from quantbench.fit.budget import RuntimeSetting, kv_cache_bytes, measure_buffers
-    from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
+    from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
     from quantbench.runtimes.llamacpp import recent_log
 
     arch = ArchSpec.from_config(json.loads((wide_model / "config.json").read_text()))

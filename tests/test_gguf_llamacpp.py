@@ -25,7 +25,8 @@ from quantbench.formats.gguf_writer import write_gguf  # noqa: E402
 from quantbench.recipes.base import QuantizeJob, get_recipe  # noqa: E402
 from quantbench.formats.gguf_types import read_tensor_types  # noqa: E402
 from quantbench.recipes.gguf import ARTIFACT_FILE  # noqa: E402
-from quantbench.runtimes.llamacpp import LlamaCppRuntime, quantize_with_llama_cpp  # noqa: E402
+from quantbench.runtimes.llamacpp import LlamaCppRuntime  # noqa: E402
+from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp  # noqa: E402
 from quantbench.sources.model import ModelSource  # noqa: E402
 
 

@@ -251,7 +251,7 @@ def measure_sensitivity(model_dir: Path, intermediate: Path, arch, candidates: l
                         kv_types: tuple[str, ...], cache_path: Path | None = None, device: str = "cpu",
                         progress: Callable[[str], None] = lambda m: None) -> Sensitivity:
     """The cost table for every candidate (cached at `cache_path` when given)."""
-    from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
+    from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
 
     if cache_path is not None and cache_path.is_file():
         return Sensitivity.from_json(json.loads(cache_path.read_text()))

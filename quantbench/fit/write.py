@@ -37,7 +37,7 @@ def write_plan(intermediate: Path, out: Path, plan: dict[str, str], plan_bytes: 
                imatrix: dict[str, np.ndarray] | None) -> dict:
     """llama.cpp quantizes `intermediate` into `out` with every tensor in `plan` pinned; verified, atomic."""
     from quantbench.formats.gguf_types import read_tensor_types
-    from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
+    from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

