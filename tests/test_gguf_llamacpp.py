@@ -25,7 +25,7 @@ from quantbench.formats.gguf_writer import write_gguf  # noqa: E402
 from quantbench.recipes.base import QuantizeJob, get_recipe  # noqa: E402
 from quantbench.formats.gguf_types import read_tensor_types  # noqa: E402
 from quantbench.recipes.gguf import ARTIFACT_FILE  # noqa: E402
-from quantbench.runtimes.llamacpp import LlamaCppRuntime  # noqa: E402
+from quantbench.runtimes.llamacpp import LlamaCppRuntime, import_llama_cpp  # noqa: E402
 from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp  # noqa: E402
 from quantbench.sources.model import ModelSource  # noqa: E402
 
@@ -182,6 +182,17 @@ def test_imatrix_reaches_the_quantizer(env):
         errors[label] = (np.square(Q - W)[:, important].mean(), np.square(Q - W)[:, ~important].mean())
     assert errors["imatrix"][0] < 0.5 * errors["plain"][0]  # the weighted columns got much closer
     assert errors["imatrix"][1] > errors["plain"][1]  # paid for by the others
+
+
+def test_quantizer_buffer_size_changes_no_byte(env):
+    """max_buf_size only bounds how many rows llama.cpp converts at once: a 16 KiB buffer (a few rows of
+    each tensor per slab) writes the same file as the default."""
+    source = write_gguf(env["model"], env["root"] / "buf-src.gguf", "F16").path
+    small, default = env["root"] / "buf-small.gguf", env["root"] / "buf-default.gguf"
+    quantize_with_llama_cpp(source, small, "Q4_K_M", max_buf_size=16 * 2**10)
+    quantize_with_llama_cpp(source, default, "Q4_K_M")
+    assert small.read_bytes() == default.read_bytes()
+    assert "max_buf_size" in [name for name, _ in import_llama_cpp().llama_model_quantize_params._fields_]
 
 
 def test_imatrix_with_wrong_width_is_a_clear_error(env):

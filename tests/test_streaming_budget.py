@@ -37,3 +37,28 @@ def test_every_kind_has_terms_and_disk():
     assert sum(disk.values()) > 4_900_000_000 + arch.num_params() * 2  # the intermediate GGUF counts
     with pytest.raises(ValueError):
         streaming_budget("nope", arch)
+
+
+def test_llama_cpp_quantizer_holds_at_most_max_buf_size_of_rows():
+    """llama.cpp converts and quantizes whole rows of a tensor, as many as fit in max_buf_size (1 GiB here)."""
+    from quantbench.runtimes.llamacpp_quantize import QUANTIZER_BUFFER_BYTES
+
+    assert QUANTIZER_BUFFER_BYTES == 2**30
+
+    def quantizer_terms(config, source_bytes):
+        b = streaming_budget("gguf-llama.cpp", ArchSpec.from_config(config), "cpu", source_bytes=source_bytes)
+        return next(terms for phase, terms in b.host_phases.items() if phase.startswith("llama.cpp's quantizer"))
+
+    # 8B, bf16 source: a row of the embedding (4096 values) takes 2 + 4 + 1 bytes per value.
+    rows = 2**30 // (4096 * 7)
+    assert rows == 37449 and rows < 128256  # capped: not the whole 128256-row embedding
+    assert sorted(quantizer_terms(LLAMA_8B, 2).values()) == [rows * 4096, rows * 4096 * 4]
+    # 405B's embedding (128256 x 16384, 2.1 G values, 8.4 GB in fp32) is capped the same way.
+    big = {**LLAMA_8B, "hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128}
+    rows = 2**30 // (16384 * 7)
+    assert sorted(quantizer_terms(big, 2).values()) == [rows * 16384, rows * 16384 * 4]
+    # An fp32 source is read through the mapping: no conversion buffer; rows of 4 + 1 bytes per value.
+    assert list(quantizer_terms(LLAMA_8B, 4).values()) == [2**30 // (4096 * 5) * 4096]
+    # A small model's largest tensor fits whole.
+    small = {**LLAMA_8B, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 1000, "num_attention_heads": 4, "num_key_value_heads": 2}
+    assert sorted(quantizer_terms(small, 2).values()) == [1000 * 64, 1000 * 64 * 4]

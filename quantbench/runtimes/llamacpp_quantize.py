@@ -16,10 +16,15 @@ from quantbench.errors import QuantbenchError
 from quantbench.formats.gguf_types import FILE_TYPES, ggml_type
 from quantbench.runtimes.llamacpp import cpu_threads, import_llama_cpp, recent_log, route_llama_cpp_logs
 
+# Bytes of tensor rows llama.cpp's quantizer holds at once (llama_model_quantize_params.max_buf_size):
+# its source rows, their fp32 conversion and their quantized output. llama.cpp's default is 8 GiB;
+# 1 GiB keeps a 405B model's largest tensor (2.1 G values) inside the host-memory plan
+# (streaming/budget.py) and changes no byte of the output: rows are quantized one by one either way.
+QUANTIZER_BUFFER_BYTES = 2**30
 
 def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None,
                             nthread: int | None = None, tensor_types: dict[str, str] | None = None,
-                            kv: dict[str, str] | None = None) -> None:
+                            kv: dict[str, str] | None = None, max_buf_size: int = QUANTIZER_BUFFER_BYTES) -> None:
     r"""llama_model_quantize(source -> target) to `file_type`, with an optional importance matrix.
 
     `imatrix` maps GGUF tensor names to (cols,) float32 mean squared activations; it reaches the C
@@ -34,12 +39,15 @@ def quantize_with_llama_cpp(source: Path, target: Path, file_type: str, imatrix:
     `kv`: string key-values the quantizer writes into the target's header (llama.h kv_overrides: an
     array of llama_model_kv_override {tag, key[128], val_str[128]} ended by an empty key), so metadata
     is set while the file is written, never by rewriting it.
+
+    `max_buf_size`: at most this many bytes of rows are converted and quantized at once.
     """
     lc = import_llama_cpp()
     route_llama_cpp_logs()
     params = lc.llama_model_quantize_default_params()
     params.ftype = FILE_TYPES[file_type].ftype
     params.nthread = nthread or cpu_threads()
+    params.max_buf_size = max_buf_size
     keep_alive = []
     if tensor_types:
         overrides = (lc.llama_model_tensor_override * (len(tensor_types) + 1))()

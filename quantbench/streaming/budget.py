@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from quantbench.arch import LINEAR, ArchSpec
 from quantbench.formats.compressed_tensors import PACK_SLICE_VALUES
 from quantbench.formats.safetensors_stream import CONVERT_SLICE_BYTES
+from quantbench.runtimes.llamacpp_quantize import QUANTIZER_BUFFER_BYTES
 from quantbench.streaming.intgrid import RTN_SLICE_ELEMENTS
 
 BASELINE_HOST_BYTES = 320 * 10**6  # a quantize worker's RssAnon when its work starts (CPU, measured)
@@ -169,10 +170,16 @@ def streaming_budget(
             "its encoded form (<= 2 B/value)": biggest.numel * 2,
         }
     elif kind == "gguf-llama.cpp":
-        host["llama.cpp's quantizer, one tensor (input file mapped: file-backed, not counted)"] = {
-            "the largest tensor converted to fp32": biggest.numel * 4,
-            "its quantized output buffer (<= 1 B/value for <= 8-bit types)": biggest.numel,
-        }
+        # llama.cpp converts and quantizes whole rows (ne[0] = the tensor's last dimension here), as many
+        # as fit in max_buf_size: the source rows (mapped from the file unless they need reading), their
+        # fp32 conversion (none for an fp32 source) and their output.
+        row = biggest.shape[-1]
+        fp32_row = 0 if source_bytes == 4 else row * 4
+        slab_rows = min(biggest.numel // row, max(1, QUANTIZER_BUFFER_BYTES // (row * source_bytes + fp32_row + row)))
+        slab = {"their quantized output buffer (<= 1 B/value for <= 8-bit types)": slab_rows * row}
+        if fp32_row:
+            slab["those rows converted to fp32"] = slab_rows * fp32_row
+        host[f"llama.cpp's quantizer, {slab_rows} rows of the largest tensor at once (max_buf_size; input file mapped: file-backed, not counted)"] = slab
     uses_cuda = device.startswith("cuda") and kind in ("rtn", "gptq", "awq", "bnb")  # GGUF conversion runs on the host
     baseline = BASELINE_HOST_BYTES + (CUDA_CONTEXT_HOST_BYTES if uses_cuda else 0)
     if not device.startswith("cuda"):  # the device is the host
