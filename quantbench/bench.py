@@ -160,7 +160,7 @@ def build_random_model(config: dict, device: str, dtype: torch.dtype, seed: int)
 # The bench
 
 
-def run_bench(model_spec: str, settings: BenchSettings = BenchSettings(), progress=None) -> dict:
+def run_bench(model_spec: str | None, settings: BenchSettings = BenchSettings(), progress=None) -> dict:
     from quantbench.eval.speed import measure_speed
     from quantbench.plan import load_model_config, plan
     from quantbench.device import resolve_device

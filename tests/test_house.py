@@ -1,10 +1,11 @@
 """The single homes of facts that used to be written several times: the safetensors header, the
-temp-then-rename write, and dtype sizes."""
+temp-then-rename write, dtype sizes; and a metric added as one module plus one column."""
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import pytest
 import torch
@@ -59,3 +60,78 @@ def test_atomic_file_leaves_old_content_on_failure(tmp_path):
             raise RuntimeError("writer died")
     assert json.loads(path.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+# A whole metric in one module: discovered from quantbench/eval/, streamed over the windows beside the
+# others, in the row without any other edit. The second file is its column in report/tables.COLUMNS.
+TOP5_MODULE = '''
+import torch
+
+from quantbench.eval.metrics import register_window_metric
+
+
+class Top5Agreement:
+    """Fraction of scored tokens whose reference argmax is among the candidate's 5 most likely."""
+
+    def __init__(self):
+        self.hits, self.tokens = 0, 0
+
+    def add(self, logprobs, targets, ref_logprobs):
+        top5 = logprobs.topk(5, dim=-1).indices
+        self.hits += int((top5 == ref_logprobs.argmax(-1, keepdim=True)).any(-1).sum())
+        self.tokens += len(targets)
+
+    def summary(self):
+        return {"top5_agreement": self.hits / self.tokens}
+
+
+register_window_metric("top5", Top5Agreement)
+'''
+
+
+def test_a_metric_is_one_module_and_one_column(tiny_model, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    import quantbench.eval
+    from quantbench.eval import metrics
+    from quantbench.eval.evaluate import evaluate_in_this_process
+    from quantbench.eval.perplexity import PerplexityProtocol, make_windows
+    from quantbench.eval.reference import compute_reference
+    from quantbench.eval.results import Measured
+    from quantbench.jobs import EvaluateJob
+    from quantbench.report import tables
+    from quantbench.runtimes.hf import HFRuntime
+
+    (tmp_path / "metric_pkg").mkdir()
+    (tmp_path / "metric_pkg" / "top5_for_test.py").write_text(TOP5_MODULE)
+    monkeypatch.setattr(quantbench.eval, "__path__", [*quantbench.eval.__path__, str(tmp_path / "metric_pkg")])
+    monkeypatch.setattr(metrics, "WINDOW_METRICS", dict(metrics.WINDOW_METRICS))
+    monkeypatch.setattr(tables, "COLUMNS", tables.COLUMNS + (("top-5 %", "top5_agreement", lambda v: f"{100 * v:.2f}"),))
+    monkeypatch.delitem(sys.modules, "quantbench.eval.top5_for_test", raising=False)
+
+    # The candidate: the tiny model in bf16 (the reference is its fp32 self).
+    candidate = tmp_path / "bf16"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model.save_pretrained(candidate)
+    for f in tiny_model.glob("tokenizer*"):
+        (candidate / f.name).write_bytes(f.read_bytes())
+    ids = torch.randint(3, 500, (3 * 32,), generator=torch.Generator().manual_seed(0)).tolist()
+    windows = make_windows(ids, PerplexityProtocol(window=32, max_windows=3))
+    reference = tmp_path / "ref.safetensors"
+    ref_runtime = HFRuntime.load(tiny_model, "cpu", dtype=torch.float32)
+    compute_reference(ref_runtime, windows, reference, {"test": True})
+
+    measured = Measured(**evaluate_in_this_process(EvaluateJob(str(candidate), "cpu", tuple(windows), str(reference))))
+
+    # Oracle: float64 top-5 sets from the two models' logits, computed here directly.
+    cand_runtime = HFRuntime.load(candidate, "cpu")
+    hits = tokens = 0
+    for w in windows:
+        ref = ref_runtime.logits(w.input_ids)[w.first_scored:].double()
+        cand = cand_runtime.logits(w.input_ids)[w.first_scored:].double()
+        hits += int((cand.topk(5, -1).indices == ref.argmax(-1, keepdim=True)).any(-1).sum())
+        tokens += len(w.targets)
+    assert measured.metrics["top5_agreement"] == pytest.approx(hits / tokens)
+    assert measured.metrics["top1_agreement"] <= measured.metrics["top5_agreement"]
+    row = {"method": "bf16", "runtime": measured.runtime, **measured.metrics}
+    assert f"{100 * hits / tokens:.2f}" in tables.row_lines(row) and "top-5 %" in tables.row_lines(row)

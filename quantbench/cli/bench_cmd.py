@@ -1,29 +1,30 @@
-"""`quantbench bench CONFIG_OR_PRESET`: speed and memory from a config alone, with random weights."""
+"""`quantbench bench [MODEL]`: speed and memory from a config alone, with random weights."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from quantbench import api
+from quantbench.cli.common import Progress, add_model_argument, method_list
+
 
 def add_parser(subparsers) -> None:
-    from quantbench.bench import DEFAULT_METHODS
-    from quantbench.presets import preset_names
-
+    d = api.BenchSettings()
     p = subparsers.add_parser(
         "bench",
         help="speed and memory of a model from its config alone, with random weights on the device (no download)",
         description="Builds the architecture from its config with random weights directly on the device, applies each "
         "method in place, and measures stored bytes, peak memory, prefill and decode tokens/s and the fraction of the "
-        "memory-bandwidth ceiling reached. Quality is n/a (random weights). CONFIG_OR_PRESET: a preset ("
-        + ", ".join(preset_names()) + "), a config.json or model folder, or a hub id.",
+        "memory-bandwidth ceiling reached. Quality is n/a (random weights). MODEL: a preset ("
+        + ", ".join(api.preset_names()) + f"), a config.json or model folder, or a hub id; default: the built-in {api.DEFAULT_MODEL}.",
     )
-    p.add_argument("model", metavar="CONFIG_OR_PRESET", help="preset name, config.json, folder or hub id")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length for prefill (default 512)")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded one at a time (default 64)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per forward (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats, median reported (default 3)")
+    add_model_argument(p)
+    p.add_argument("--methods", default=",".join(d.methods), help=f"comma-separated (default {','.join(d.methods)})")
+    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help=f"prompt length for prefill (default {d.prompt_tokens})")
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens, help=f"tokens decoded one at a time (default {d.new_tokens})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"sequences per forward (default {d.batch})")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed repeats, median reported (default {d.repeats})")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda if present)")
     p.add_argument("--runtime", default="auto", choices=("auto", "transformers", "quantbench", "llama.cpp"),
                    help="auto (default): quantbench's CUDA-graph runtime on CUDA, transformers on a CPU")
@@ -33,14 +34,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from quantbench.artifact import write_text_atomic
-    from quantbench.bench import BenchSettings, run_bench
-    from quantbench.report.bench_table import to_markdown, to_text
-
-    settings = BenchSettings(
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+    settings = api.BenchSettings(
+        methods=tuple(method_list(args.methods) or ()),
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         batch=args.batch,
@@ -48,9 +43,9 @@ def run(args) -> int:
         device=None if args.device == "auto" else args.device,
         runtime=None if args.runtime == "auto" else args.runtime,
     )
-    result = run_bench(args.model, settings, progress=lambda m: print(f"quantbench: {m}", file=sys.stderr, flush=True))
-    for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, to_markdown(result) + "\n")):
+    result = api.bench(args.model, settings, progress=Progress())
+    for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, api.format_bench(result, markdown=True) + "\n")):
         if path:
-            write_text_atomic(path, text)
-    print(to_text(result))
+            api.write_text_atomic(path, text)
+    print(api.format_bench(result))
     return 0

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from quantbench.eval.metrics import register_window_metric
+
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
@@ -57,3 +59,6 @@ class QualityAccumulator:
                 top1_agreement=self.agree / self.scored,
             )
         return out
+
+
+register_window_metric("quality", QualityAccumulator)

@@ -9,7 +9,6 @@ PPL = exp(mean over scored tokens of -log p(token | prefix)).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from quantbench.errors import QuantbenchError
@@ -69,6 +68,3 @@ def make_windows(ids: list[int], protocol: PerplexityProtocol) -> list[Window]:
         windows.append(Window(inputs, targets, first))
     return windows
 
-
-def perplexity(total_nll: float, scored_tokens: int) -> float:
-    return math.exp(total_nll / scored_tokens)

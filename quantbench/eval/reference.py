@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from quantbench.artifact import atomic_file
 from quantbench.errors import QuantbenchError
-from quantbench.eval.divergence import log_softmax
+from quantbench.eval.divergence import QualityAccumulator, log_softmax
 from quantbench.eval.perplexity import PerplexityProtocol, Window
 
 
@@ -72,3 +72,11 @@ class Reference:
         if mismatch:
             raise QuantbenchError(f"cached reference {self.path} does not match the current windows ({mismatch}); "
                                   "delete that file (or the cache's reference/ folder) and run again")
+
+
+def reference_perplexity(reference: Reference) -> float:
+    """The reference's own perplexity, from the same accumulator that scores every method."""
+    quality = QualityAccumulator()
+    for k in range(reference.windows):
+        quality.add(reference.logprobs(k), reference.targets(k), None)
+    return quality.summary()["ppl"]

@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Sequence
 
+from quantbench.eval.metrics import register_runtime_metric
+
 
 def measure_speed(runtime, prompt_ids: Sequence[int], new_tokens: int, batch: int = 1, repeats: int = 3, warmup: int = 1) -> dict:
     prefill_s, decode_s = [], []
@@ -43,3 +45,11 @@ def measure_speed(runtime, prompt_ids: Sequence[int], new_tokens: int, batch: in
         "repeats": repeats,
         "warmup": warmup,
     }
+
+
+def _speed_metric(runtime, job) -> dict:
+    s = job.speed
+    return measure_speed(runtime, s.prompt_ids, s.new_tokens, s.batch, s.repeats, s.warmup) if s else {}
+
+
+register_runtime_metric("speed", "generation", _speed_metric)

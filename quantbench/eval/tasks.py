@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.eval.metrics import register_runtime_metric
 
 
 def load_tasks(path: Path, tokenizer) -> list[dict]:
@@ -58,3 +59,6 @@ def task_accuracy(runtime, items: list[dict]) -> dict:
         correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
         correct_norm += int(max(range(len(normed)), key=normed.__getitem__) == item["answer"])
     return {"task_acc": correct / len(items), "task_acc_norm": correct_norm / len(items), "task_items": len(items)}
+
+
+register_runtime_metric("tasks", "scoring", lambda runtime, job: task_accuracy(runtime, list(job.tasks)) if job.tasks else {})

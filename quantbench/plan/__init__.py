@@ -32,15 +32,13 @@ from quantbench.formats.safetensors import dtype_bytes
 from quantbench.plan.memory import activation_bytes, kv_cache_bytes
 from quantbench.plan.model_config import ModelConfig, complete_config, load_model_config
 from quantbench.recipes.strategy import PeakInputs
+from quantbench.settings import DEFAULTS
 
 __all__ = ["ModelConfig", "activation_bytes", "complete_config", "kv_cache_bytes", "load_model_config", "plan"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
-# Calibration assumed for layer-by-layer methods when the recipe does not say (the CLI's defaults).
-DEFAULT_CALIBRATION_SAMPLES = 32
-DEFAULT_CALIBRATION_LENGTH = 512
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -80,8 +78,8 @@ def plan(
     device_memory_bytes: int | None = None,
     methods: list[str] | None = None,
     device: str | None = None,
-    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-    calibration_length: int = DEFAULT_CALIBRATION_LENGTH,
+    calibration_samples: int = DEFAULTS.calibration_samples,
+    calibration_length: int = DEFAULTS.calibration_length,
 ) -> dict:
     """Exact bytes of every method for `model_spec` on `device` ("cuda" or "cpu"; default: cuda when
     present). The layout is the one that device produces (see BnbRecipe.plan_tensor)."""

@@ -1,8 +1,8 @@
 """MODEL -> its config.json, completed with transformers' defaults: all `quantbench plan` needs.
 
-Config only, so a preset, a bare config.json or a hub id plans without downloading weights; the
-built-in default model and .gguf files go through quantbench.sources.model.resolve_model, which
-the measuring commands use too.
+Config only, so a preset, a bare config.json or a hub id plans without downloading weights. What
+MODEL is comes from the one resolver (quantbench.sources.model.classify) that the measuring
+commands use too; the built-in default model and .gguf files are converted by resolve_model.
 """
 
 from __future__ import annotations
@@ -48,61 +48,43 @@ def complete_config(raw: dict) -> tuple[dict, list[str]]:
 
 
 def load_model_config(spec: str | None) -> ModelConfig:
-    """MODEL -> config: a preset name, a local folder or config.json, a .gguf, or a hub id (config only)."""
-    from quantbench.presets import find_preset, preset_names
-    from quantbench.sources.model import DEFAULT_MODEL, resolve_model
+    """MODEL -> config, through the resolver every command uses (quantbench.sources.model.classify):
+    a preset, a local folder or config.json, a .gguf, a hub id (config.json only), or the default."""
+    from quantbench.sources.model import classify, resolve_model
 
-    if spec is None or spec == DEFAULT_MODEL:
-        source = resolve_model(None)
-        config, notes = complete_config(source.config())
-        return ModelConfig(DEFAULT_MODEL, "built-in default model", config, None, tuple(notes))
-    preset = find_preset(spec)
-    if preset is not None:
-        name, hub_id, raw = preset
-        config, notes = complete_config(raw)
-        return ModelConfig(name, "preset", config, hub_id, tuple(notes))
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise QuantbenchError(f"{path}: no config.json in this folder; plan needs only config.json")
-        return _from_file(spec, path / "config.json", "local folder")
-    if path.is_file() and path.suffix == ".json":
-        return _from_file(spec, path, "config.json")
-    if path.is_file() and path.suffix == ".gguf":
-        config, notes = complete_config(resolve_model(str(path)).config())
-        return ModelConfig(spec, "gguf", config, None, tuple(notes))
-    if path.exists():
-        raise QuantbenchError(f"{spec}: expected a model folder, a config.json or a .gguf file")
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _from_hub(spec)
-    raise QuantbenchError(
-        f"model '{spec}' not found: give a preset ({', '.join(preset_names())}), a local folder or "
-        "config.json, a .gguf file, or a hub id (org/name)"
-    )
+    model = classify(spec)
+    if model.kind == "preset":
+        raw = model.preset_config
+    elif model.kind in ("built-in default model", "gguf"):
+        raw = resolve_model(spec).config()  # transformers reads a GGUF's config by converting it (cached once)
+    elif model.kind == "local folder":
+        if not (model.path / "config.json").is_file():
+            raise QuantbenchError(f"{model.path}: no config.json in this folder; plan needs only config.json")
+        raw = _read_json(model.path / "config.json")
+    elif model.kind == "config.json":
+        raw = _read_json(model.path)
+    else:
+        raw = _read_json(_hub_config_file(model.hub_id))
+    config, notes = complete_config(raw)
+    return ModelConfig(model.name, model.kind, config, model.hub_id, tuple(notes))
 
 
-def _from_file(spec: str, path: Path, source: str) -> ModelConfig:
+def _read_json(path: Path) -> dict:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise QuantbenchError(f"{path}: unreadable JSON ({exc})") from None
-    config, notes = complete_config(raw)
-    return ModelConfig(spec, source, config, None, tuple(notes))
 
 
-def _from_hub(repo_id: str) -> ModelConfig:
+def _hub_config_file(repo_id: str) -> Path:
     from quantbench.presets import preset_names
 
     try:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(repo_id, "config.json", etag_timeout=10)
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=10))
     except Exception as exc:
         raise QuantbenchError(
             f"could not fetch config.json of '{repo_id}' from the Hugging Face hub ({type(exc).__name__}). "
             f"Offline? Pass a local config.json, or a preset: {', '.join(preset_names())}"
         ) from None
-    cfg = _from_file(repo_id, Path(path), "hub")
-    return ModelConfig(repo_id, "hub", cfg.config, repo_id, cfg.notes)
-
-

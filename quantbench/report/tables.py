@@ -82,6 +82,16 @@ def text_table(result: dict) -> str:
     return "\n".join(lines + [""] + _notes(result))
 
 
+def row_lines(row: dict) -> str:
+    """One measured row (`quantbench eval`), a line per column, then the protocol it was measured under."""
+    lines = [f"{header:16} {cell}" for (header, key, _), cell in zip(COLUMNS, _cells(row)) if key in row]
+    if "reference_ppl" in row:
+        lines.append(f"{'reference PPL':16} {row['reference_ppl']:.3f}")
+    if "protocol" in row:
+        lines.append(f"{'protocol':16} {json.dumps(row['protocol'])}")
+    return "\n".join(lines)
+
+
 def markdown_table(result: dict) -> str:
     headers = [c[0] for c in COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

