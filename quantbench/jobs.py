@@ -111,7 +111,7 @@ class EvaluateJob:
 
 JOBS = {job.kind: job for job in (ReferenceJob, QuantizeArtifactJob, EvaluateJob)}
 # Fields that hold dataclasses (or tuples of them): rebuilt from their JSON dicts.
-_NESTED = {"windows": Window, "speed": SpeedRequest}
+_NESTED = {"windows": Window, "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])})}
 
 
 def to_json(job) -> dict:

@@ -135,3 +135,19 @@ def test_a_metric_is_one_module_and_one_column(tiny_model, tmp_path, monkeypatch
     assert measured.metrics["top1_agreement"] <= measured.metrics["top5_agreement"]
     row = {"method": "bf16", "runtime": measured.runtime, **measured.metrics}
     assert f"{100 * hits / tokens:.2f}" in tables.row_lines(row) and "top-5 %" in tables.row_lines(row)
+
+
+def test_jobs_cross_the_process_boundary_unchanged():
+    from quantbench.eval.perplexity import Window
+    from quantbench.jobs import EvaluateJob, QuantizeArtifactJob, ReferenceJob, SpeedRequest, from_json, to_json
+
+    windows = (Window([1, 2, 3], [2, 3, 4], 0), Window([5, 6, 7], [7, 8], 1))
+    jobs = [
+        ReferenceJob("/m", "cpu", windows, "/r.safetensors", {"model": "m"}, True),
+        QuantizeArtifactJob("gptq-w4g128", "/m", "m", "fp", "/out", "cpu", ((1, 2), (3, 4)), 2),
+        EvaluateJob("/a", "cuda", windows, "/r.safetensors", SpeedRequest((1, 2, 3), 4, 1, 2, 1),
+                    ({"context_ids": [1], "choice_ids": [[2], [3]], "choice_chars": [1, 1], "answer": 0},)),
+        EvaluateJob("/a", "cpu", windows, "/r.safetensors"),
+    ]
+    for job in jobs:
+        assert from_json(json.loads(json.dumps(to_json(job)))) == job

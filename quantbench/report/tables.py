@@ -116,15 +116,20 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["rows"] if r.get("status") == "ok"]
+    # One colour per runtime present, in a fixed order, so no runtime needs an entry here.
+    colours = {name: f"C{i}" for i, name in enumerate(sorted({r["runtime"] for r in rows}))}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         kld = max(r["kld_mean"], 1e-7)
-        ax.scatter(r["weight_bytes"] / 1e6, kld, color="tab:orange" if r["runtime"] == "llama.cpp" else "tab:blue")
+        ax.scatter(r["weight_bytes"] / 1e6, kld, color=colours[r["runtime"]])
         ax.annotate(r["method"], (r["weight_bytes"] / 1e6, kld), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for name, colour in colours.items():
+        ax.scatter([], [], color=colour, label=name)
+    ax.legend(title="runtime", fontsize=7, title_fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("stored weight bytes (MB, incl. quantization state)")
     ax.set_ylabel("mean KL divergence vs reference (log scale)")
-    ax.set_title(f"{result['model']['name']}: quality loss vs size (blue transformers, orange llama.cpp)", fontsize=9)
+    ax.set_title(f"{result['model']['name']}: quality loss vs size", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     with atomic_file(path) as tmp:
