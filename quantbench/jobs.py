@@ -55,7 +55,8 @@ class QuantizeArtifactJob:
     model_fingerprint: str
     out_dir: str
     device: str
-    calibration: tuple[tuple[int, ...], ...]
+    calibration: tuple[tuple[int, ...], ...]  # the samples drawn from the calibration split
+    calibration_samples: int  # as the user requested (recorded beside what was used)
     calibration_length: int
     replaced_bytes: int = 0  # an earlier artifact at the output that this one replaces (its disk comes back)
 
@@ -63,7 +64,7 @@ class QuantizeArtifactJob:
         from quantbench.device import peak_bytes, reset_peak
         from quantbench.plan.resources import check_quantize_resources
         from quantbench.recipes import get_recipe
-        from quantbench.recipes.base import QuantizeJob
+        from quantbench.recipes.base import QuantizeJob, QuantizeOptions
         from quantbench.sources.model import ModelSource
 
         recipe = get_recipe(self.method)
@@ -72,7 +73,7 @@ class QuantizeArtifactJob:
         # disk, RAM and GPU memory checked against the plan before any work starts
         resources = check_quantize_resources(Path(self.model_path), self.method, Path(self.out_dir), self.device,
                                              len(calibration), self.calibration_length, self.replaced_bytes)
-        options = {"calibration_samples": len(calibration), "calibration_length": self.calibration_length}
+        options = QuantizeOptions(calibration_samples=self.calibration_samples, calibration_length=self.calibration_length)
         reset_peak(self.device)
         t0 = time.perf_counter()
         meta = recipe.quantize(QuantizeJob(source, Path(self.out_dir), self.device, lambda: calibration, options))

@@ -94,6 +94,7 @@ def quantize_to(work: Workload, method: str, out: Path, device: str, env: dict |
     with atomic_dir(out) as tmp:
         result = run_in_fresh_process(QuantizeArtifactJob(method, str(work.source.path), work.source.name,
                                                           work.source.fingerprint, str(tmp), device, calib,
+                                                          work.settings.calibration_samples,
                                                           work.settings.calibration_length, replaced), env)
         meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
                 "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},

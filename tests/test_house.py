@@ -144,7 +144,7 @@ def test_jobs_cross_the_process_boundary_unchanged():
     windows = (Window([1, 2, 3], [2, 3, 4], 0), Window([5, 6, 7], [7, 8], 1))
     jobs = [
         ReferenceJob("/m", "cpu", windows, "/r.safetensors", {"model": "m"}, True),
-        QuantizeArtifactJob("gptq-w4g128", "/m", "m", "fp", "/out", "cpu", ((1, 2), (3, 4)), 2),
+        QuantizeArtifactJob("gptq-w4g128", "/m", "m", "fp", "/out", "cpu", ((1, 2), (3, 4)), 32, 2),
         EvaluateJob("/a", "cuda", windows, "/r.safetensors", SpeedRequest((1, 2, 3), 4, 1, 2, 1),
                     ({"context_ids": [1], "choice_ids": [[2], [3]], "choice_chars": [1, 1], "answer": 0},)),
         EvaluateJob("/a", "cpu", windows, "/r.safetensors"),
