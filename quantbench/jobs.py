@@ -112,7 +112,7 @@ class EvaluateJob:
 
 JOBS = {job.kind: job for job in (ReferenceJob, QuantizeArtifactJob, EvaluateJob)}
 # Fields that hold dataclasses (or tuples of them): rebuilt from their JSON dicts.
-_NESTED = {"windows": Window, "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])})}
+_NESTED = {"windows": lambda d: Window(**d), "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])})}
 
 
 def to_json(job) -> dict:
@@ -126,7 +126,7 @@ def from_json(data: dict):
         value = data.get(f.name)
         if f.name in _NESTED and value is not None:
             nested = _NESTED[f.name]
-            value = tuple(nested(**v) for v in value) if isinstance(value, list) else nested(**value)
+            value = tuple(nested(v) for v in value) if isinstance(value, list) else nested(value)
         elif isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         if f.name in data:

@@ -151,3 +151,35 @@ def test_jobs_cross_the_process_boundary_unchanged():
     ]
     for job in jobs:
         assert from_json(json.loads(json.dumps(to_json(job)))) == job
+
+
+def test_every_command_takes_the_model_the_same_way(tmp_path):
+    """One resolver: plan and bench, like compare, default to the built-in model when MODEL is left out."""
+    from quantbench.cli.main import build_parser
+    from quantbench.sources.model import DEFAULT_MODEL, classify
+
+    parser = build_parser()
+    for command in (["plan"], ["bench"], ["compare"], ["quantize", "--method", "bf16", "-o", "x"]):
+        assert parser.parse_args(command).model is None, command
+    assert classify(None).kind == classify(DEFAULT_MODEL).kind == "built-in default model"
+    assert classify("Llama-3.1-8B").kind == classify("meta-llama/Llama-3.1-8B").kind == "preset"
+    (tmp_path / "config.json").write_text("{}")
+    assert classify(str(tmp_path)).kind == "local folder"
+    assert classify(str(tmp_path / "config.json")).kind == "config.json"
+    assert classify("some-org/some-model").kind == "hub"
+    with pytest.raises(QuantbenchError, match="not found"):
+        classify("no-such-model")
+
+
+def test_cli_imports_only_the_api():
+    import ast
+    from pathlib import Path
+
+    import quantbench.cli
+
+    for path in Path(quantbench.cli.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantbench"):
+                allowed = node.module == "quantbench" and [a.name for a in node.names] == ["api"]
+                assert allowed or node.module.startswith("quantbench.cli"), f"{path.name} imports {node.module}"
+                assert node.module != "quantbench.cli.main", f"{path.name} imports the entry point (a cycle)"
