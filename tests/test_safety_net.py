@@ -255,16 +255,16 @@ def test_stale_reference_is_refused(tmp_path):
 
 
 def test_worker_refuses_a_reference_for_other_windows(tiny_model, tmp_path):
+    from quantbench.eval.evaluate import evaluate_in_this_process
     from quantbench.eval.perplexity import Window
     from quantbench.eval.reference import compute_reference
-    from quantbench.worker import job_evaluate
+    from quantbench.jobs import EvaluateJob
 
     path = tmp_path / "ref.safetensors"
     compute_reference(_RandomRuntime(), [Window([1, 2, 3], [2, 3, 4], 0)], path, {"test": True})
-    job = {"artifact": str(tiny_model), "device": "cpu", "reference_path": str(path), "speed": None, "tasks": None,
-           "windows": [{"input_ids": [1, 2, 3], "targets": [2, 3, 5], "first_scored": 0}]}
+    job = EvaluateJob(str(tiny_model), "cpu", (Window([1, 2, 3], [2, 3, 5], 0),), str(path))
     with pytest.raises(QuantbenchError, match="does not match the current windows"):
-        job_evaluate(job)
+        evaluate_in_this_process(job)
 
 
 # ---------------------------------------------------------------------------------------------------
