@@ -34,11 +34,9 @@ class ReferenceJob:
         from quantbench.eval.reference import compute_reference
         from quantbench.runtimes.hf import HFRuntime
 
-        # JSON turned accelerate's integer GPU keys into strings
-        max_memory = {int(k) if str(k).isdigit() else k: v for k, v in (self.max_memory or {}).items()} or None
         runtime = HFRuntime.load(Path(self.model_path), self.device, dtype=None, trust_remote_code=self.trust_remote_code,
-                                 max_memory=max_memory)
-        placement = {"max_memory": self.max_memory, "device_map": runtime.placement} if max_memory else {}
+                                 max_memory=self.max_memory or None)
+        placement = {"max_memory": self.max_memory, "device_map": runtime.placement} if self.max_memory else {}
         meta = {**self.meta, "dtype": runtime.dtype, "device": runtime.device, **placement}
         compute_reference(runtime, list(self.windows), Path(self.reference_path), meta)
         return {"dtype": runtime.dtype, "device": runtime.device, **placement}
@@ -102,7 +100,7 @@ class EvaluateJob:
     speed: SpeedRequest | None = None  # None: --no-speed
     tasks: tuple[dict, ...] | None = None  # tokenized multiple-choice items (quantbench.eval.tasks)
     runtime: str | None = None  # None: the artifact's default runtime on this device (recipes/open.py)
-    llama_cpp_first: bool = False  # import llama_cpp before numpy/torch in the worker (CUDA llama.cpp)
+    import_first: str | None = None  # a module the worker imports before numpy/torch (Runtime.import_first_on_cuda)
 
     def run(self) -> dict:
         from quantbench.eval.evaluate import evaluate_in_this_process
@@ -112,7 +110,9 @@ class EvaluateJob:
 
 JOBS = {job.kind: job for job in (ReferenceJob, QuantizeArtifactJob, EvaluateJob)}
 # Fields that hold dataclasses (or tuples of them): rebuilt from their JSON dicts.
-_NESTED = {"windows": lambda d: Window(**d), "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])})}
+_NESTED = {"windows": lambda d: Window(**d), "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])}),
+           # JSON turned accelerate's integer GPU keys into strings
+           "max_memory": lambda d: {int(k) if str(k).isdigit() else k: v for k, v in d.items()}}
 
 
 def to_json(job) -> dict:

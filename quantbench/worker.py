@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-# A CUDA build of llama.cpp segfaulted at model load when numpy or torch had been imported before it
-# (measured on the H200 machine): a job that runs llama.cpp on the GPU has it imported before anything else.
-if __name__ == "__main__" and os.environ.get("QUANTBENCH_LLAMA_CPP_FIRST") == "1":
-    import llama_cpp  # noqa: F401
+# A runtime may need its module imported before numpy and torch (Runtime.import_first_on_cuda: a CUDA
+# build of llama.cpp segfaulted at model load otherwise): the job names it, the worker imports it first.
+if __name__ == "__main__" and os.environ.get("QUANTBENCH_IMPORT_FIRST"):
+    __import__(os.environ["QUANTBENCH_IMPORT_FIRST"])
 
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -36,7 +36,7 @@ def run_in_fresh_process(job, env: dict[str, str] | None = None) -> dict:
         job_path.write_text(json.dumps(to_json(job), default=str))
         timeout = float(os.environ.get("QUANTBENCH_JOB_TIMEOUT", 4 * 3600))
         try:
-            env = {**os.environ, **(env or {}), "QUANTBENCH_LLAMA_CPP_FIRST": "1" if getattr(job, "llama_cpp_first", False) else "0"}
+            env = {**os.environ, **(env or {}), "QUANTBENCH_IMPORT_FIRST": getattr(job, "import_first", None) or ""}
             proc = subprocess.run([sys.executable, "-m", "quantbench.worker", str(job_path), str(result_path)],
                                   stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:

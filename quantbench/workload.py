@@ -40,6 +40,9 @@ class Workload:
 def prepare(model: str | None, text: str | None, settings: Settings, trust_remote_code: bool = False) -> Workload:
     from transformers import AutoTokenizer
 
+    from quantbench.recipes.open import check_runtime
+
+    check_runtime(settings.runtime)  # an unknown --runtime fails before any work
     source = resolve_model(model, trust_remote_code)
     corpus = load_text(text)
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
@@ -135,12 +138,13 @@ def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Pa
                       tasks: list[dict] | None = None, env: dict | None = None) -> ResultRow:
     """Measure one artifact in a fresh process (quantbench.eval.evaluate) and type its row."""
     from quantbench.recipes.open import default_runtime
+    from quantbench.runtimes import runtime_class
 
     s = work.settings
     speed = SpeedRequest(work.prompt_ids, s.new_tokens, s.batch, s.repeats, s.warmup) if s.measure_speed else None
     runtime = s.runtime or default_runtime(Path(artifact), device)
     job = EvaluateJob(str(artifact), device, work.windows, str(reference), speed, tuple(tasks) if tasks else None,
-                      runtime, runtime == "llama.cpp" and device.startswith("cuda"))
+                      runtime, runtime_class(runtime).import_first_on_cuda if device.startswith("cuda") else None)
     measured = Measured(**run_in_fresh_process(job, env))
     meta = read_meta(artifact)
     if "weight_bytes" not in meta:

@@ -144,10 +144,13 @@ def test_jobs_cross_the_process_boundary_unchanged():
     windows = (Window([1, 2, 3], [2, 3, 4], 0), Window([5, 6, 7], [7, 8], 1))
     jobs = [
         ReferenceJob("/m", "cpu", windows, "/r.safetensors", {"model": "m"}, True),
+        ReferenceJob("/m", "cuda", windows, "/r.safetensors", {"model": "m"}, False, {0: 10**9, 1: 2 * 10**9, "cpu": 5}),
         QuantizeArtifactJob("gptq-w4g128", "/m", "m", "fp", "/out", "cpu", ((1, 2), (3, 4)), 32, 2),
+        QuantizeArtifactJob("rtn-w4g128", "/m", "m", "fp", "/out", "cuda", (), 32, 512, replaced_bytes=123),
         EvaluateJob("/a", "cuda", windows, "/r.safetensors", SpeedRequest((1, 2, 3), 4, 1, 2, 1),
                     ({"context_ids": [1], "choice_ids": [[2], [3]], "choice_chars": [1, 1], "answer": 0},)),
         EvaluateJob("/a", "cpu", windows, "/r.safetensors"),
+        EvaluateJob("/a", "cuda", windows, "/r.safetensors", runtime="llama.cpp", import_first="llama_cpp"),
     ]
     for job in jobs:
         assert from_json(json.loads(json.dumps(to_json(job)))) == job
@@ -159,7 +162,8 @@ def test_every_command_takes_the_model_the_same_way(tmp_path):
     from quantbench.sources.model import DEFAULT_MODEL, classify
 
     parser = build_parser()
-    for command in (["plan"], ["bench"], ["compare"], ["quantize", "--method", "bf16", "-o", "x"]):
+    for command in (["plan"], ["bench"], ["compare"], ["quantize", "--method", "bf16", "-o", "x"],
+                    ["fit", "--budget", "1GB", "-o", "x.gguf"]):
         assert parser.parse_args(command).model is None, command
     assert classify(None).kind == classify(DEFAULT_MODEL).kind == "built-in default model"
     assert classify("Llama-3.1-8B").kind == classify("meta-llama/Llama-3.1-8B").kind == "preset"
@@ -183,3 +187,42 @@ def test_cli_imports_only_the_api():
                 allowed = node.module == "quantbench" and [a.name for a in node.names] == ["api"]
                 assert allowed or node.module.startswith("quantbench.cli"), f"{path.name} imports {node.module}"
                 assert node.module != "quantbench.cli.main", f"{path.name} imports the entry point (a cycle)"
+
+
+def test_a_runtime_is_one_module_and_its_recipe(tmp_path, monkeypatch):
+    """A runtime defined in one module (a Runtime subclass) and named by its recipe is accepted by
+    --runtime, chosen by default for that recipe's artifacts on a CPU, and tells the worker what it must
+    import first on CUDA: nothing in the CLI, the API or the worker lists runtime names."""
+    from quantbench.artifact import META_FILE, write_json_atomic
+    from quantbench.jobs import EvaluateJob
+    from quantbench.recipes import base
+    from quantbench.recipes.open import check_runtime, default_runtime
+    from quantbench.recipes.strategy import LOAD_CONVERT
+    from quantbench.runtimes import runtime_class, runtime_names
+    from quantbench.runtimes.base import Runtime
+
+    class ToyRuntime(Runtime):  # what quantbench/runtimes/toy.py would hold
+        name = "toy-runtime-for-test"
+        import_first_on_cuda = "json"
+
+    class ToyRecipe(base.Recipe):  # what its recipe file would hold (quantize/open are not reached here)
+        name, family, runtime, description, strategy = "toy-method", "toy", ToyRuntime.name, "test", LOAD_CONVERT
+
+    base.all_recipes()
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    base.register(ToyRecipe())
+
+    assert ToyRuntime.name in runtime_names() and runtime_class(ToyRuntime.name) is ToyRuntime
+    assert check_runtime(ToyRuntime.name) == ToyRuntime.name
+    with pytest.raises(QuantbenchError, match="unknown runtime 'toy-runtime-for-tes'"):
+        check_runtime("toy-runtime-for-tes")
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    write_json_atomic(artifact / META_FILE, {"method": "toy-method", "runtime": ToyRuntime.name})
+    assert default_runtime(artifact, "cpu") == ToyRuntime.name
+    # workload.evaluate_artifact's rule, and the worker reads the job's import_first into its environment
+    job = EvaluateJob(str(artifact), "cuda", (), "/r", runtime=ToyRuntime.name,
+                      import_first=runtime_class(ToyRuntime.name).import_first_on_cuda)
+    assert job.import_first == "json"
+    assert runtime_class("llama.cpp").import_first_on_cuda == "llama_cpp"
+    assert runtime_class("transformers").import_first_on_cuda is None

@@ -64,9 +64,10 @@ def add_measure_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed repeats, median reported (default {d.repeats})")
     p.add_argument("--no-speed", action="store_true", help="skip speed measurement")
     p.add_argument("--tasks", type=Path, help="JSONL of multiple-choice items {context, choices, answer}")
-    p.add_argument("--runtime", default="auto", choices=("auto", "transformers", "llama.cpp", "quantbench"),
-                   help="runtime that measures each artifact (default auto: quantbench's CUDA-graph runtime on CUDA for "
-                   "every family it runs, llama.cpp for GGUF, transformers on a CPU)")
+    p.add_argument("--runtime", default="auto",
+                   help="runtime that measures each artifact: auto (default: quantbench's CUDA-graph runtime on CUDA for "
+                   "every family it runs, llama.cpp for GGUF, transformers on a CPU) or a runtime's name "
+                   "(quantbench/runtimes/; an unknown name's error lists them)")
     p.add_argument("--max-memory", type=parse_max_memory, help="cap per device for the full-precision reference, e.g. "
                    "cuda:0=10GB,cuda:1=40GB,cpu=200GB: the model is split across the GPUs and the rest streamed from the CPU "
                    "(accelerate's max_memory); for models larger than one GPU")

@@ -15,14 +15,13 @@ from quantbench.artifact import read_meta
 from quantbench.errors import QuantbenchError
 from quantbench.runtimes.base import Runtime
 
-RUNTIMES = ("transformers", "llama.cpp", "quantbench")
-
-
 def check_runtime(runtime: str | None) -> str | None:
+    from quantbench.runtimes import runtime_names
+
     if runtime in (None, "auto"):
         return None
-    if runtime not in RUNTIMES:
-        raise QuantbenchError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)} (or auto)")
+    if runtime not in runtime_names():
+        raise QuantbenchError(f"unknown runtime '{runtime}'; choose one of {', '.join(runtime_names())} (or auto)")
     return runtime
 
 
@@ -57,7 +56,7 @@ def default_runtime(artifact: Path, device: str) -> str:
         return "llama.cpp"
     if device.startswith("cuda") and fast_runtime_runs(artifact):
         return "quantbench"
-    return "transformers"
+    return read_meta(artifact).get("runtime", "transformers")  # the runtime its recipe names (an HF folder: transformers)
 
 
 def open_artifact(artifact: Path, device: str, runtime: str | None = None) -> Runtime:

@@ -7,9 +7,7 @@ import importlib
 import pkgutil
 
 
-def runtime_class(name: str):
-    """The Runtime subclass called `name` ("transformers", "llama.cpp", ...), from every module here."""
-    from quantbench.errors import QuantbenchError
+def _discovered() -> dict:
     from quantbench.runtimes.base import Runtime
 
     for info in pkgutil.iter_modules(__path__, __name__ + "."):
@@ -21,6 +19,19 @@ def runtime_class(name: str):
         pending.extend(cls.__subclasses__())
         if getattr(cls, "name", None):
             found.setdefault(cls.name, cls)
+    return found
+
+
+def runtime_names() -> tuple[str, ...]:
+    """Every runtime defined here, sorted: what `--runtime` accepts beside "auto"."""
+    return tuple(sorted(_discovered()))
+
+
+def runtime_class(name: str):
+    """The Runtime subclass called `name` ("transformers", "llama.cpp", ...), from every module here."""
+    from quantbench.errors import QuantbenchError
+
+    found = _discovered()
     if name not in found:
         raise QuantbenchError(f"no runtime called '{name}'; runtimes: {', '.join(sorted(found))}")
     return found[name]

@@ -17,6 +17,9 @@ class Runtime(ABC):
     name: str  # "transformers" or "llama.cpp": what recipes name in Recipe.runtime
     device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
     dtype: str  # compute dtype, e.g. "float32", "bfloat16"
+    # A module the measuring process must import before numpy and torch when this runtime runs on CUDA
+    # (quantbench.worker reads it); None: no such constraint.
+    import_first_on_cuda: str | None = None
 
     @abstractmethod
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
