@@ -133,8 +133,9 @@ def test_a_metric_is_one_module_and_one_column(tiny_model, tmp_path, monkeypatch
         tokens += len(w.targets)
     assert measured.metrics["top5_agreement"] == pytest.approx(hits / tokens)
     assert measured.metrics["top1_agreement"] <= measured.metrics["top5_agreement"]
-    row = {"method": "bf16", "runtime": measured.runtime, **measured.metrics}
+    row = {"method": "bf16", "runtime": measured.runtime, **measured.metrics, "protocol": {"window": 32}}
     assert f"{100 * hits / tokens:.2f}" in tables.row_lines(row) and "top-5 %" in tables.row_lines(row)
+    assert '{"window": 32}' in tables.row_lines(row)  # `quantbench eval` prints the protocol it measured under
 
 
 def test_jobs_cross_the_process_boundary_unchanged():

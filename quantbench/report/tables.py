@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from quantbench.artifact import atomic_file, write_json_atomic, write_text_atomic
