@@ -109,9 +109,7 @@ class LlamaCppRuntime(Runtime):
 
     name = "llama.cpp"
     dtype = "gguf"
-    # A CUDA build of llama.cpp segfaulted at model load when numpy or torch had been imported before it
-    # (measured on the H200 machine).
-    import_first_on_cuda = "llama_cpp"
+    import_first_on_cuda = "llama_cpp"  # its CUDA build segfaulted at load after numpy/torch (H200 machine)
 
 
     @classmethod
