@@ -125,7 +125,7 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
     with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
         rows = list(pool.map(run, range(1, len(names) + 1), names))
     wall_seconds = time.perf_counter() - started
-    protocol = {"perplexity": settings.protocol.describe(), "reference_ppl": reference_ppl,
+    protocol = {"perplexity": work.settings.protocol.describe(), "bos": work.bos_rule, "reference_ppl": reference_ppl,
                 "reference": str(reference), "calibration": {"fraction": settings.calibration_fraction,
                 "samples": len(work.calibration), "length": settings.calibration_length},
                 "speed": {"prompt_tokens": len(work.prompt_ids), "new_tokens": settings.new_tokens,
@@ -217,7 +217,7 @@ def evaluate(artifact: Path, reference_model: str | None = None, text: str | Non
     tasks = _load_tasks(tasks_file, work)
     reference, reference_ppl = ensure_reference(work, device)
     row = evaluate_artifact(work, Path(artifact), device, reference, reference_ppl, tasks).to_json()
-    return {**row, "reference_ppl": reference_ppl, "protocol": settings.protocol.describe()}
+    return {**row, "reference_ppl": reference_ppl, "protocol": work.settings.protocol.describe(), "bos": work.bos_rule}
 
 
 def generate(artifact: str | None, prompt: str, max_new_tokens: int = 64, device: str | None = None) -> str:

@@ -26,6 +26,9 @@ class Settings:
     repeats: int = 3
     warmup: int = 1
     measure_speed: bool = True
+    # BOS before every perplexity window: None = the model's own convention (eval/bos.py: a GGUF
+    # source's tokenizer.ggml.add_bos_token, else what its tokenizer does), True/False = --add-bos/--no-add-bos
+    add_bos: bool | None = None
     runtime: str | None = None  # None: the device's default (recipes/open.py); or transformers, llama.cpp, quantbench
     # Per-device cap for the reference ({0: bytes, "cpu": bytes}, accelerate's max_memory): a model larger
     # than one GPU is split across GPUs and the CPU. None: the whole model on the device.

@@ -35,21 +35,23 @@ class Workload:
     calibration: tuple[tuple[int, ...], ...]
     prompt_ids: tuple[int, ...]
     tokenizer: object = None
+    bos_rule: str = ""  # why BOS is (not) added to every window (eval/bos.py), for the protocol line
 
 
 def prepare(model: str | None, text: str | None, settings: Settings, trust_remote_code: bool = False) -> Workload:
     from transformers import AutoTokenizer
 
+    from quantbench.eval.bos import default_bos
     from quantbench.recipes.open import check_runtime
 
     check_runtime(settings.runtime)  # an unknown --runtime fails before any work
     source = resolve_model(model, trust_remote_code)
     corpus = load_text(text)
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    if settings.protocol.bos_token_id == -1:
-        if tokenizer.bos_token_id is None:
-            raise QuantbenchError("--add-bos: this tokenizer has no BOS token; drop the flag")
-        settings = replace(settings, protocol=replace(settings.protocol, bos_token_id=tokenizer.bos_token_id))
+    bos = default_bos(source.path, tokenizer, settings.add_bos)
+    if bos.add_bos and tokenizer.bos_token_id is None:
+        raise QuantbenchError(f"BOS wanted ({bos.reason}) but this tokenizer has no BOS token; use --no-add-bos")
+    settings = replace(settings, protocol=replace(settings.protocol, bos_token_id=tokenizer.bos_token_id if bos.add_bos else None))
     ids = tokenizer(corpus.content, add_special_tokens=False)["input_ids"]
     splits = split_tokens(ids, settings.calibration_fraction)
     windows = make_windows(splits.evaluation, settings.protocol)
@@ -57,7 +59,8 @@ def prepare(model: str | None, text: str | None, settings: Settings, trust_remot
     if len(splits.calibration) >= settings.calibration_length:
         calib = calibration_samples(splits.calibration, settings.calibration_samples, settings.calibration_length)
     prompt = splits.evaluation[: settings.prompt_tokens]
-    return Workload(source, corpus, settings, tuple(windows), tuple(tuple(c) for c in calib), tuple(prompt), tokenizer)
+    return Workload(source, corpus, settings, tuple(windows), tuple(tuple(c) for c in calib), tuple(prompt), tokenizer,
+                    bos.reason)
 
 
 def ensure_reference(work: Workload, device: str, env: dict | None = None) -> tuple[Path, float]:

@@ -51,3 +51,48 @@ def test_gguf_source_follows_add_bos_token(flag, tmp_path):
 def test_flags_override(tmp_path):
     assert default_bos(tmp_path, small_tokenizer(True), override=False).add_bos is False
     assert default_bos(tmp_path, small_tokenizer(False), override=True).reason == "--add-bos"
+
+
+@pytest.mark.parametrize("tokenizer_adds", [True, False])
+def test_the_windows_follow_the_models_tokenizer_unless_overridden(tokenizer_adds, tiny_model, tiny_text_file, tmp_path):
+    """api.prepare: every window starts with BOS exactly when the model's tokenizer puts BOS first
+    (checked on the tokenizer itself), the protocol says why, and --add-bos/--no-add-bos win."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from quantbench import api
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    bos = tok.bos_token_id
+    if tokenizer_adds:
+        tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+        tok.save_pretrained(folder)
+    oracle = AutoTokenizer.from_pretrained(folder)("some text")["input_ids"][0] == bos
+    assert oracle is tokenizer_adds
+
+    for override, expect in ((None, tokenizer_adds), (True, True), (False, False)):
+        settings = api.Settings(protocol=api.PerplexityProtocol(window=32, max_windows=2), add_bos=override)
+        work = api.prepare(str(folder), str(tiny_text_file), settings)
+        assert work.settings.protocol.bos_token_id == (bos if expect else None)
+        assert all((w.input_ids[0] == bos) is expect for w in work.windows), override
+        assert all(len(w.targets) == 31 + expect for w in work.windows)  # with BOS the first token is scored too
+        if override is None:
+            assert ("adds BOS" if tokenizer_adds else "adds no BOS") in work.bos_rule
+        else:
+            assert work.bos_rule == ("--add-bos" if override else "--no-add-bos")
+
+
+def test_cli_bos_flags():
+    from quantbench.cli.common import settings_from
+    from quantbench.cli.main import build_parser
+
+    parser = build_parser()
+    assert settings_from(parser.parse_args(["compare"])).add_bos is None
+    assert settings_from(parser.parse_args(["compare", "--add-bos"])).add_bos is True
+    assert settings_from(parser.parse_args(["eval", "x", "--no-add-bos"])).add_bos is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--add-bos", "--no-add-bos"])

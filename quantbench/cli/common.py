@@ -56,7 +56,11 @@ def add_measure_flags(p: argparse.ArgumentParser) -> None:
                    help=f"how many evaluation windows to score (default {d.protocol.max_windows})")
     p.add_argument("--score-from", type=int, default=d.protocol.score_from,
                    help="score only positions >= this in each window (llama.cpp: window/2)")
-    p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS to every window")
+    bos = p.add_mutually_exclusive_group()
+    bos.add_argument("--add-bos", dest="add_bos", action="store_const", const=True, default=None,
+                     help="prepend BOS to every window (default: exactly when the model's tokenizer adds BOS)")
+    bos.add_argument("--no-add-bos", dest="add_bos", action="store_const", const=False,
+                     help="never prepend BOS (default: exactly when the model's tokenizer adds BOS)")
     add_calibration_flags(p)
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help=f"prompt length for prefill speed (default {d.prompt_tokens})")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens, help=f"tokens decoded for decode speed (default {d.new_tokens})")
@@ -74,9 +78,8 @@ def add_measure_flags(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args) -> "api.Settings":
-    bos = -1 if args.add_bos else None  # -1: api.prepare substitutes the tokenizer's BOS id
-    protocol = api.PerplexityProtocol(window=args.window, max_windows=args.windows, score_from=args.score_from, bos_token_id=bos)
-    return api.Settings(protocol=protocol, calibration_samples=args.calibration_samples,
+    protocol = api.PerplexityProtocol(window=args.window, max_windows=args.windows, score_from=args.score_from)
+    return api.Settings(protocol=protocol, add_bos=args.add_bos, calibration_samples=args.calibration_samples,
                         calibration_length=args.calibration_length, prompt_tokens=args.prompt_tokens,
                         new_tokens=args.new_tokens, batch=args.batch, repeats=args.repeats, measure_speed=not args.no_speed,
                         runtime=None if args.runtime == "auto" else args.runtime, max_memory=args.max_memory)

@@ -2,7 +2,9 @@
 
 Default protocol (GPTQ paper, Frantar et al. 2023, s.4 and their `datautils`/`opt_eval`): the token
 stream is cut into non-overlapping windows of `window` tokens; inside each window every position
-predicts the next token, so a window scores window-1 tokens; no BOS is added. The llama.cpp protocol
+predicts the next token, so a window scores window-1 tokens. BOS is prepended (and the first token
+scored too) exactly when the model's tokenizer adds it, as llama.cpp's perplexity tool does
+(eval/bos.py), unless --add-bos/--no-add-bos say otherwise. The llama.cpp protocol
 (`llama-perplexity`) is window 512 scoring only the second half: `score_from=window//2`.
 PPL = exp(mean over scored tokens of -log p(token | prefix)).
 """
@@ -26,7 +28,7 @@ class PerplexityProtocol:
             raise QuantbenchError("perplexity window must be at least 2 tokens")
         if not 0 <= self.score_from < self.window - 1:
             raise QuantbenchError("score_from must be in [0, window-1)")
-        if self.bos_token_id is not None and self.bos_token_id < -1:
+        if self.bos_token_id is not None and self.bos_token_id < 0:
             raise QuantbenchError("bos_token_id must be a token id")
         if self.max_windows < 1:
             raise QuantbenchError("need at least one window")

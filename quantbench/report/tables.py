@@ -48,8 +48,9 @@ def _notes(result: dict) -> list[str]:
     notes = [
         f"model {result['model']['name']} ({result['model']['params'] / 1e6:.1f} M params), text {result['text']['name']}, device {', '.join(devices)}",
         f"PPL protocol: {ppl['name']}, window {ppl['window']}, stride {ppl['stride']}, {ppl['max_windows']} windows, "
-        f"scored from position {ppl['score_from']}, BOS {'added' if ppl['bos_token_id'] is not None else 'not added'}; "
-        f"reference PPL {p['reference_ppl']:.3f}",
+        f"scored from position {ppl['score_from']}, BOS {'added' if ppl['bos_token_id'] is not None else 'not added'}"
+        + (f" ({p['bos']}; --add-bos/--no-add-bos override)" if p.get("bos") else "")
+        + f"; reference PPL {p['reference_ppl']:.3f}",
         f"KLD: {p['kld']}; " + (f"speed: batch {p['speed']['batch']}, prompt {p['speed']['prompt_tokens']}, "
         f"{p['speed']['new_tokens']} new tokens, median of {p['speed']['repeats']} after {p['speed']['warmup']} warm-up"
         if p["speed"].get("measured", True) else "speed not measured (--no-speed)"),
@@ -90,6 +91,8 @@ def row_lines(row: dict) -> str:
         lines.append(f"{'reference PPL':16} {row['reference_ppl']:.3f}")
     if "protocol" in row:
         lines.append(f"{'protocol':16} {json.dumps(row['protocol'])}")
+    if row.get("bos"):
+        lines.append(f"{'BOS rule':16} {row['bos']}")
     return "\n".join(lines)
 
 
