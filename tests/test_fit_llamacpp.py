@@ -171,6 +171,12 @@ def test_fit_end_to_end_on_a_tiny_model(small_wide, tiny_text_file, tmp_path):
         assert runtime_.kv_cache_type == report["kv_cache_type"]
     finally:
         runtime_.close()
+    # fit's metadata reached the file through llama.cpp's quantizer (no tagged full-precision copy)
+    import gguf
+
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["quantbench.fit.budget_bytes"].contents() == str(budget)
+    assert fields["quantbench.fit.llama_cpp_flags"].contents() == report["llama_cpp_flags"]
     # a smaller budget never predicts a lower KLD
     smaller = run((smallest + budget) // 2)
     assert smaller["predicted_kld"] >= report["predicted_kld"]

@@ -7,7 +7,6 @@ byte by byte; the frontier (JSON + plot) lands beside it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,18 +202,13 @@ def fit_model(work, config: FitConfig, out: Path, device: str = "cpu", progress:
 
     progress(f"writing {out.name} with llama.cpp")
     from quantbench.fit.write import write_plan
-    from quantbench.formats.gguf_writer import write_gguf
-    from quantbench.recipes.gguf import _lossless_writer_type
 
+    # String key-values that llama.cpp's quantizer writes into OUT's header as it writes the file, so the
+    # cached intermediate is quantized directly (no second full-precision copy just to carry them).
     metadata = {KV_CACHE_METADATA_KEY: kv, "quantbench.fit.version": FIT_VERSION, "quantbench.fit.context": config.context,
                 "quantbench.fit.budget_bytes": config.budget_bytes, "quantbench.fit.predicted_kld": allocation.cost,
                 "quantbench.fit.flash_attention": "on", "quantbench.fit.llama_cpp_flags": setting.llama_cpp_flags()}
-    tagged = workdir / f"tagged-{os.getpid()}.gguf"
-    try:
-        write_gguf(source.path, tagged, _lossless_writer_type(source.path), model_name=source.name, extra_metadata=metadata)
-        written = write_plan(tagged, out, plan, plan_bytes, imatrix)
-    finally:
-        tagged.unlink(missing_ok=True)
+    written = write_plan(intermediate, out, plan, plan_bytes, imatrix, {k: str(v) for k, v in metadata.items()})
     if written["tensor_bytes"] != weights:
         out.unlink(missing_ok=True)
         raise QuantbenchError(f"{out.name}: written tensor bytes {written['tensor_bytes']:,} differ from the plan's "

@@ -34,8 +34,9 @@ def label_file_type(plan: dict[str, str], plan_bytes: dict[str, int]) -> str:
 
 
 def write_plan(intermediate: Path, out: Path, plan: dict[str, str], plan_bytes: dict[str, int],
-               imatrix: dict[str, np.ndarray] | None) -> dict:
-    """llama.cpp quantizes `intermediate` into `out` with every tensor in `plan` pinned; verified, atomic."""
+               imatrix: dict[str, np.ndarray] | None, metadata: dict[str, str] | None = None) -> dict:
+    """llama.cpp quantizes `intermediate` into `out` with every tensor in `plan` pinned; verified, atomic.
+    `metadata`: string key-values written into `out`'s header by the quantizer (llama.cpp kv_overrides)."""
     from quantbench.formats.gguf_types import read_tensor_types
     from quantbench.runtimes.llamacpp_quantize import quantize_with_llama_cpp
 
@@ -43,7 +44,7 @@ def write_plan(intermediate: Path, out: Path, plan: dict[str, str], plan_bytes: 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     try:
-        quantize_with_llama_cpp(intermediate, tmp, label_file_type(plan, plan_bytes), imatrix, tensor_types=plan)
+        quantize_with_llama_cpp(intermediate, tmp, label_file_type(plan, plan_bytes), imatrix, tensor_types=plan, kv=metadata)
         written = read_tensor_types(tmp)
         mismatches = []
         for name, type_name in plan.items():
