@@ -131,6 +131,9 @@ def quantize_vs_plan(method: str) -> dict:
         "plan_disk_bytes": row["quantize_disk_bytes"],
         "resources_checked": meta.get("resources_checked"),
         "plan_budget_lines": q.get("budget_lines"),
+        # per phase (same names as the plan's): where a mismatch comes from
+        "measured_phase_work_bytes": {k: v - m["baseline_anon_bytes"] for k, v in (m.get("phase_peak_anon_bytes") or {}).items()},
+        "plan_phase_host_bytes": {k: sum(t.values()) for k, t in q.get("phases", {}).get("host", {}).items()},
     }
     shutil.rmtree(out, ignore_errors=True)
     return result

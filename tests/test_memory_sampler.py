@@ -38,3 +38,26 @@ def test_mapped_file_pages_are_file_backed_not_anonymous(tmp_path):
     peaks = sampler.peaks
     assert peaks.file_bytes >= 120 * MB  # the mapped pages are resident, as RssFile
     assert peaks.anon_bytes - peaks.baseline_anon_bytes < 32 * MB  # and not anonymous
+
+
+def _touched_block(size: int) -> mmap.mmap:
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset in range(0, size, 4096):
+        block[offset] = 1
+    return block
+
+
+def test_each_phase_keeps_its_own_peak():
+    # interval of an hour: only the explicit samples (phase switches, sample()) count, so this is exact
+    with MemorySampler(interval_s=3600) as sampler:
+        sampler.phase("big")
+        with _touched_block(96 * MB):
+            sampler.sample()
+        sampler.phase("small")
+        with _touched_block(16 * MB):
+            sampler.sample()
+    phases = {k: v - sampler.peaks.baseline_anon_bytes for k, v in sampler.peaks.phases.items()}
+    assert sorted(phases) == ["big", "small"]
+    assert 94 * MB <= phases["big"] <= 100 * MB
+    assert 15 * MB <= phases["small"] <= 20 * MB  # the big block, freed before the switch, is not counted here
+    assert sampler.peaks.as_dict()["phases"] == sampler.peaks.phases

@@ -80,8 +80,13 @@ def pack_int32(values: torch.Tensor, bits: int) -> torch.Tensor:
         shifts = torch.arange(per, device=values.device, dtype=torch.int64) * bits
         step = max(1, PACK_SLICE_VALUES // max(1, n))
         for r0 in range(0, rows, step):
-            v = torch.nn.functional.pad(values[r0 : r0 + step].to(torch.int64), (0, words * per - n))
-            unsigned = (v.reshape(v.shape[0], words, per) << shifts).sum(dim=-1)  # in [0, 2^32)
+            v = values[r0 : r0 + step].to(torch.int64)
+            if words * per != n:
+                v = torch.nn.functional.pad(v, (0, words * per - n))
+            v = v.reshape(v.shape[0], words, per)
+            v <<= shifts  # in place: one int64 copy of the slice is all the scratch (streaming/budget.py)
+            unsigned = v.sum(dim=-1)  # in [0, 2^32)
+            del v
             out[r0 : r0 + step] = (unsigned - (unsigned >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
         return out
     shifts_in = torch.arange(bits, device=values.device, dtype=torch.int32)

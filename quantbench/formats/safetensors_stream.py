@@ -215,6 +215,9 @@ class ShardedWriter:
         for begin in range(0, flat.numel(), step):
             piece = flat[begin : begin + step].to("cpu", dtype).contiguous().view(torch.uint8)
             shard.file.write(memoryview(piece.numpy()))
+            # Freed before the next slice is made: the loop variable would otherwise keep this one alive
+            # beside it (measured: two 64 MiB slices resident while a bf16 embedding was cast to fp16).
+            del piece
         shard.entries[name] = {**entry, "data_offsets": [shard.data_bytes, shard.data_bytes + nbytes]}
         shard.data_bytes += nbytes
         shard.header_json_bytes += entry_json

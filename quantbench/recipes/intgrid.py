@@ -127,6 +127,7 @@ def streamed_memory(streamed: "StreamedArtifact") -> dict:
         "peak_file_bytes": streamed.memory.file_bytes,
         "baseline_anon_bytes": streamed.memory.baseline_anon_bytes,
         "peak_hwm_bytes": streamed.memory.hwm_bytes,
+        "phase_peak_anon_bytes": streamed.memory.phases,  # streaming/budget.py's phase -> peak RssAnon
     }
 
 

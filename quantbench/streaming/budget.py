@@ -26,7 +26,8 @@ from quantbench.arch import LINEAR, ArchSpec
 from quantbench.formats.compressed_tensors import PACK_SLICE_VALUES
 from quantbench.formats.safetensors_stream import CONVERT_SLICE_BYTES
 from quantbench.runtimes.llamacpp_quantize import QUANTIZER_BUFFER_BYTES
-from quantbench.streaming.intgrid import RTN_SLICE_ELEMENTS
+from quantbench.streaming.intgrid import PHASE_PACK, RTN_SLICE_ELEMENTS
+from quantbench.streaming.tensorwise import PHASE_DENSE, PHASE_LINEAR
 
 BASELINE_HOST_BYTES = 320 * 10**6  # a quantize worker's RssAnon when its work starts (CPU, measured)
 # Host RssAnon a CUDA context adds: a quantize worker started its work at 0.53-0.56 GB on an H200 host
@@ -34,7 +35,24 @@ BASELINE_HOST_BYTES = 320 * 10**6  # a quantize worker's RssAnon when its work s
 CUDA_CONTEXT_HOST_BYTES = 230 * 10**6
 # Slices the streaming code works in, from where they are used.
 WRITE_SLICE_BYTES = CONVERT_SLICE_BYTES
-PACK_SCRATCH_BYTES = 3 * 8 * PACK_SLICE_VALUES  # pack_int32: three int64 temporaries of one slice
+
+
+def pack_scratch_bytes(rows: int, cols: int, bits: int) -> int:
+    """pack_int32's scratch for a (rows, cols) linear (formats/compressed_tensors.py), one slice of rows at a time.
+
+    Bits dividing 32: the slice as int64, shifted in place (+ a padded copy when cols is not a multiple
+    of 32/bits), and its per-word sums (measured on 3584 x 1024 at 4 bits: 19.1 MB for 18.9 planned).
+    Other bits: the slice's bit stream as int32, its masked copy, its int64 copy and the shifted copy,
+    an upper bound read from the code, not measured.
+    """
+    if 32 % bits == 0:
+        per = 32 // bits
+        slice_values = min(rows, max(1, PACK_SLICE_VALUES // cols)) * cols
+        padded = 8 * slice_values if cols % per else 0
+        return 8 * slice_values + padded + 8 * slice_values // per
+    slice_bits = min(rows, max(1, PACK_SLICE_VALUES // (cols * bits))) * cols * bits
+    return (4 + 4 + 8 + 8) * slice_bits
+
 
 STRATEGY_KINDS = ("rtn", "gptq", "awq", "bnb", "gguf-writer", "gguf-llama.cpp")
 
@@ -109,21 +127,30 @@ def streaming_budget(
     H, F = arch.hidden_size, arch.intermediate_size
     S, T, B = calibration_samples, calibration_length, min(batch_size, calibration_samples)
     big_read = {f"largest tensor read from the checkpoint ({biggest.name.split('.')[-2]}, {biggest.numel / 1e6:.0f} M x src)": biggest.numel * source_bytes}
-    write_slice = {"one slice of it cast for writing": min(WRITE_SLICE_BYTES, biggest.numel * 2)}
+    write_slice = {"one slice of it cast for writing (none if stored in the checkpoint's dtype)": min(WRITE_SLICE_BYTES, biggest.numel * 2)}
     host: dict[str, dict[str, int]] = {}
     dev: dict[str, dict[str, int]] = {}
 
     if kind == "rtn":
-        host["non-linear tensors (embedding, lm_head, norms), one at a time"] = {**big_read, **write_slice}
-        host["one linear"] = {
-            f"the largest linear read ({rows} x {cols} x src)": L * source_bytes,
-            "its packed form": _packed_bytes(rows, cols, bits, group_size),
-        }
-        dev["one linear"] = {
+        # streaming/intgrid.py: the read linear goes to the device, is cast to fp32 there, rounded a slice
+        # of rows at a time into preallocated codes; then packed (PHASE_PACK) and appended.
+        slice_rows = min(rows, max(1, RTN_SLICE_ELEMENTS // cols))
+        S = slice_rows * cols
+        groups = rows * -(-cols // group_size)
+        host[PHASE_DENSE] = {**big_read, **write_slice}
+        host[PHASE_LINEAR] = {f"the largest linear read ({rows} x {cols} x src)": L * source_bytes}
+        host[PHASE_PACK] = {f"the largest linear read ({rows} x {cols} x src)": L * source_bytes}
+        dev[PHASE_LINEAR] = {
             "the largest linear in fp32": L * 4,
-            "RTN temporaries of one slice of rows (4 fp32 copies)": 4 * 4 * min(L, RTN_SLICE_ELEMENTS),
-            "its codes (uint8)": L,
-            "packing scratch": PACK_SCRATCH_BYTES,
+            f"rounding one slice of {slice_rows} rows: two fp32 temporaries and its uint8 codes": 9 * S,
+            "scales and zero points, fp32 while computed": groups * 8,
+        }
+        if S < L:
+            dev[PHASE_LINEAR]["the whole linear's uint8 codes, preallocated (it takes several slices)"] = L
+        dev[PHASE_PACK] = {
+            "its codes (uint8), scales (2 B) and zero points (1 B)": L + groups * 3,
+            "its packed form": _packed_bytes(rows, cols, bits, group_size),
+            "packing scratch": pack_scratch_bytes(rows, cols, bits),
         }
     elif kind in ("gptq", "awq"):
         hidden_states = S * T * H * 4
@@ -133,7 +160,7 @@ def streaming_budget(
             "one source tensor being read": L * source_bytes,
             "the layer's codes and scales on the host until written (1 B/weight)": layer_linear_numel,
             "packed form of the largest linear": _packed_bytes(rows, cols, bits, group_size),
-            "packing scratch": PACK_SCRATCH_BYTES,
+            "packing scratch": pack_scratch_bytes(rows, cols, bits),
         }
         dev["capture layer 0 inputs"] = {
             "embedding in the checkpoint's dtype": arch.vocab_size * H * source_bytes,
@@ -154,12 +181,12 @@ def streaming_budget(
             layer[f"scale search over the widest group: 3 x its weights fp32 ({F} x {H} x 2)"] = 3 * 2 * F * H * 4
         dev["one layer"] = layer
     elif kind == "bnb":
-        host["non-linear tensors (embedding, lm_head, norms), one at a time"] = {**big_read, **write_slice}
-        host["one linear"] = {
+        host[PHASE_DENSE] = {**big_read, **write_slice}
+        host[PHASE_LINEAR] = {
             f"the largest linear read ({rows} x {cols} x src)": L * source_bytes,
             "its 4-bit codes and fp32 absmax on the host for writing": L // 2 + L // 64 * 4,
         }
-        dev["one linear"] = {
+        dev[PHASE_LINEAR] = {
             "the largest linear in the compute dtype (bf16)": L * 2,
             "its 4-bit codes and absmax": L // 2 + L // 64 * 4,
         }

@@ -46,7 +46,7 @@ class LazyModel:
             embed.weight = torch.nn.Parameter(W.to(device), requires_grad=False)
             self._embed_hook = embed.register_forward_hook(lambda module, args, out: out.float())
         else:
-            embed.weight = torch.nn.Parameter(W.to(device, torch.float32), requires_grad=False)
+            embed.weight = torch.nn.Parameter(W.to(device).float(), requires_grad=False)
             self._embed_hook = None
 
     def release_embedding(self) -> None:
@@ -64,7 +64,9 @@ class LazyModel:
         prefix = f"{self.arch.family.layers}.{index}."
         state = {}
         for name in self.layer_tensor_names(index):
-            state[name.removeprefix(prefix)] = self.reader.read(name).to(device=device, dtype=dtype)
+            # device first, then dtype: a blocking copy that does both converts on the host (a host copy
+            # of the tensor in `dtype` that the memory plan does not count)
+            state[name.removeprefix(prefix)] = self.reader.read(name).to(device).to(dtype)
         layer.load_state_dict(state, strict=True, assign=True)
         return layer
 
