@@ -147,6 +147,8 @@ def streaming_budget(
         }
         if S < L:
             dev[PHASE_LINEAR]["the whole linear's uint8 codes, preallocated (it takes several slices)"] = L
+        if device.startswith("cuda"):  # on a CPU the read tensor is the source of the cast, counted on the host
+            dev["one linear: cast on the device"] = {"the largest linear as read (src)": L * source_bytes, "and in fp32": L * 4}
         dev[PHASE_PACK] = {
             "its codes (uint8), scales (2 B) and zero points (1 B)": L + groups * 3,
             "its packed form": _packed_bytes(rows, cols, bits, group_size),
