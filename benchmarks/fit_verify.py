@@ -8,7 +8,9 @@ For each uniform type T in Q3_K_M, IQ4_XS, Q4_K_M, Q5_K_M (quantbench's -imat re
 - score both with llama.cpp on the same evaluation windows against the same fp32 reference, per token;
 - report each mean KLD with its block-bootstrap 95% interval, the paired difference fit - uniform with its
   interval, the predicted KLD of both, and the sensitivity's estimate-vs-direct rank correlation.
-Then the same with Q4_1 excluded from fit's candidates (the default model's weights sit on a Q4_1 grid).
+Then the same with Q4_1 excluded from fit's candidates (the default model's weights sit on a Q4_1 grid);
+`--exclude-sets` names other variants (Q5_1 holds the Q4_1 grid exactly, so ',Q4_1,Q4_1+Q5_1' also
+takes it away).
 
 Rerun: PYTHONPATH=. python3 benchmarks/fit_verify.py --windows 8 --out benchmarks/results/fit-verify
 CPU only. The sensitivity table is cached (~/.cache/quantbench/fit), so the second pass reuses it.
@@ -49,6 +51,9 @@ def main() -> int:
                         help="windows of the cached reference protocol (the first --windows of them are scored)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fit-verify"))
     parser.add_argument("--types", default="Q4_K_M,IQ4_XS,Q3_K_M,Q5_K_M", help="uniform -imat types, in run order")
+    parser.add_argument("--exclude-sets", default=",Q4_1",
+                        help="fit variants: comma-separated sets of excluded types, each '+'-joined ('' = all types); "
+                             "e.g. ',Q4_1,Q4_1+Q5_1' (Q5_1 holds the Q4_1 grid exactly: d' = d, m' = m)")
     args = parser.parse_args()
 
     from quantbench import api
@@ -59,7 +64,7 @@ def main() -> int:
     from quantbench.fit.sensitivity import SensitivitySettings
 
     # Smaller than fit's defaults (4 Fisher windows of 512, 8 tensors x 2 types measured directly): this
-    # machine's 2 cores were shared by 8 engineers' jobs when it ran (load ~25).
+    # machine's 2 cores are shared (load 8-25 while it ran); the table took 27 min at load ~8.
     SENSITIVITY = SensitivitySettings(fisher_sequences=2, fisher_tokens=256, direct_tensors=8, direct_levels=1)
     from quantbench.report.frontier import plot_frontier
 
@@ -95,9 +100,9 @@ def main() -> int:
         weights = meta["metadata"]["tensor_bytes"] if "metadata" in meta else meta["tensor_bytes"]
         say(f"scoring {method}")
         uniform_kld = None
-        for exclude in ((), ("Q4_1",)):
-            tag = "all types" if not exclude else "Q4_1 excluded"
-            out = args.out / ("fit-" + t.lower() + ("-no-q4_1" if exclude else "") + ".gguf")
+        for exclude in [tuple(x for x in group.split("+") if x) for group in args.exclude_sets.split(",")]:
+            tag = "all types" if not exclude else " and ".join(exclude) + " excluded"
+            out = args.out / ("fit-" + t.lower() + "".join("-no-" + x.lower() for x in exclude) + ".gguf")
             budget = weights + runtime_bytes
             say(f"fit at the size of {t}-imat ({tag}): budget {budget:,} B")
             report = fit_model(work, FitConfig(budget_bytes=budget, context=CONTEXT, kv_cache_types=("F16",),
@@ -140,7 +145,7 @@ def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_
         frontier["fitted"] = [{"name": "fit@" + r["uniform"].removesuffix("-imat"), "total_bytes": r["fit_weights_bytes"] + runtime_bytes,
                                "measured_kld": r["fit_kld"]["estimate"], "ci95": (r["fit_kld"]["low"], r["fit_kld"]["high"])}
                               for r in runs if r["candidates"] == tag]
-        name = "frontier.png" if tag == "all types" else "frontier-no-q4_1.png"
+        name = "frontier.png" if tag == "all types" else "frontier-no-" + tag.removesuffix(" excluded").replace(" and ", "-").lower() + ".png"
         plot_frontier(frontier, args.out / name, title=f"SmolLM2-135M, fit ({tag}) vs uniform -imat, evaluation split")
 
     result = {"model": work.source.name, "text": work.text.name, "protocol": settings.protocol.describe(),
