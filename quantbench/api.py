@@ -20,8 +20,10 @@ from quantbench.fit.rows import FIT_METHOD
 from quantbench.fit.sensitivity import SensitivitySettings
 from quantbench.plan import DEFAULT_CONTEXT as PLAN_CONTEXT
 from quantbench.presets import preset_names
+from quantbench.report.recommend import RANK_BY
 from quantbench.settings import DEFAULTS, Settings
 from quantbench.sources.model import DEFAULT_MODEL, resolve_model
+from quantbench.worker import run_in_fresh_process
 from quantbench.workload import (Workload, artifact_matches, ensure_reference, evaluate_artifact, prepare, quantize_to,
                                  storage_summary)
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 # for scripts that compose the steps themselves (benchmarks/).
 __all__ = [
     "BenchSettings", "DEFAULTS", "DEFAULT_METHODS", "DEFAULT_MODEL", "FIT_METHOD", "KV_CACHE_TYPES", "PLAN_CONTEXT",
-    "PerplexityProtocol", "QuantbenchError", "SensitivitySettings", "Settings", "Workload", "bench", "compare",
+    "PerplexityProtocol", "QuantbenchError", "RANK_BY", "SensitivitySettings", "Settings", "Workload", "bench", "compare",
     "ensure_reference", "evaluate", "evaluate_artifact", "fit", "format_bench", "format_compare", "format_fit",
     "format_plan", "format_row", "generate", "methods", "plan", "prepare", "preset_names", "quantize", "quantize_to",
     "resolve_methods", "storage_summary", "write_report", "write_text_atomic",
@@ -68,7 +70,8 @@ def resolve_methods(methods: list[str] | None) -> list[str]:
 def compare(model: str | None = None, methods: list[str] | None = None, text: str | None = None,
             out_dir: Path = Path("quantbench-out"), device: str | None = None, settings: Settings = DEFAULTS,
             tasks_file: Path | None = None, memory_budget_bytes: int | None = None, trust_remote_code: bool = False,
-            progress: Progress = _no_progress, context: int = PLAN_CONTEXT, devices: list[str] | None = None) -> dict:
+            progress: Progress = _no_progress, context: int = PLAN_CONTEXT, devices: list[str] | None = None,
+            rank_by: str = "kld") -> dict:
     """Quantize with every method, measure each in a fresh process, and return the comparison.
     `progress(message, done, total)` hears each step; done/total count finished methods.
 
@@ -79,6 +82,8 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
     With several GPUs (`devices`, default: every visible GPU on CUDA) independent methods run at once,
     one fresh process per GPU that sees only its GPU (CUDA_VISIBLE_DEVICES); each method's numbers are
     the ones it gives on one GPU.
+
+    `rank_by`: the recommendation's rule ranks by mean KLD ("kld") or by accuracy on `tasks_file` ("task").
     """
     import queue
     import threading
@@ -92,12 +97,17 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
     names = resolve_methods(methods)
     if FIT_METHOD in names and memory_budget_bytes is None:
         raise QuantbenchError("the method 'fit' needs --memory-budget: it builds the best GGUF for that budget")
+    if rank_by not in RANK_BY:
+        raise QuantbenchError(f"--rank-by {rank_by}: use one of {', '.join(RANK_BY)}")
+    if rank_by == "task" and not tasks_file:
+        raise QuantbenchError("--rank-by task needs --tasks FILE (the items to score)")
     progress("preparing model and text")
     work = prepare(model, text, settings, trust_remote_code)
     tasks = _load_tasks(tasks_file, work)
     progress("reference log-probabilities")
     env, inside = isolate_gpu(gpus[0])
     reference, reference_ppl = ensure_reference(work, inside, env)
+    reference_tasks = _reference_task_accuracy(work, inside, env, tasks) if tasks else None
     started = time.perf_counter()
     free: queue.Queue = queue.Queue()
     for gpu in gpus:
@@ -126,12 +136,14 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
         rows = list(pool.map(run, range(1, len(names) + 1), names))
     wall_seconds = time.perf_counter() - started
     protocol = {"perplexity": work.settings.protocol.describe(), "bos": work.bos_rule, "reference_ppl": reference_ppl,
-                "reference": str(reference), "calibration": {"fraction": settings.calibration_fraction,
+                **_reference_uncertainty(reference), "reference": str(reference), "calibration": {"fraction": settings.calibration_fraction,
                 "samples": len(work.calibration), "length": settings.calibration_length},
                 "speed": {"prompt_tokens": len(work.prompt_ids), "new_tokens": settings.new_tokens,
                           "batch": settings.batch, "repeats": settings.repeats, "warmup": settings.warmup,
                           "measured": settings.measure_speed},
                 "kld": "KL(P_ref || Q) per scored token, natural log"}
+    if reference_tasks:
+        protocol["reference_tasks"] = reference_tasks
     if memory_budget_bytes is not None:
         rows, protocol["runtime_memory"] = add_runtime_memory(work, rows, memory_budget_bytes, context, progress)
     rows_json = [r.to_json() for r in rows]
@@ -148,8 +160,32 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
     }
     from quantbench.report.recommend import recommend
 
-    result["recommendation"] = recommend(rows_json, memory_budget_bytes)
+    per_token = {r.method: r.per_token for r in rows if r.per_token}
+    result["recommendation"] = recommend(rows_json, memory_budget_bytes, per_token, rank_by)
     return result
+
+
+def _reference_task_accuracy(work: Workload, device: str, env: dict | None, tasks: list[dict]) -> dict:
+    """The full-precision model's own accuracy on the same items (a fresh process), shown beside every method's."""
+    from quantbench.eval.tasks import PER_ITEM
+    from quantbench.jobs import TaskJob
+
+    accuracy = run_in_fresh_process(TaskJob(str(work.source.path), device, tuple(tasks)), env)
+    accuracy.pop(PER_ITEM, None)
+    return accuracy
+
+
+def _reference_uncertainty(reference: Path) -> dict:
+    """The reference's own PPL interval (the accumulator that scores every method) and how intervals are made."""
+    from quantbench.eval.reference import Reference, reference_quality
+    from quantbench.eval.uncertainty import BootstrapConfig
+
+    interval = reference_quality(Reference(reference))["ppl_interval"]
+    return {"reference_ppl_interval": interval,
+            "uncertainty": {"method": BootstrapConfig().describe(interval["blocks"]),
+                            "per_token_se": "llama.cpp's perplexity.cpp: sqrt((mean x^2 - mean^2) / (n - 1)), "
+                                            "beside every interval (narrower: neighbouring tokens are correlated)",
+                            "paired": "differences between methods are per token on the same tokens (per item for tasks)"}}
 
 
 def _compare_one(work: Workload, method: str, tag: str, gpu: str, out_dir: Path, reference: Path, reference_ppl: float,

@@ -108,7 +108,27 @@ class EvaluateJob:
         return evaluate_in_this_process(self)
 
 
-JOBS = {job.kind: job for job in (ReferenceJob, QuantizeArtifactJob, EvaluateJob)}
+@dataclass(frozen=True)
+class TaskJob:
+    """Task accuracy alone, of the full-precision model (the table shows it beside every method's)."""
+
+    kind: ClassVar[str] = "tasks"
+    artifact: str
+    device: str
+    tasks: tuple[dict, ...]
+
+    def run(self) -> dict:
+        from quantbench.eval.tasks import task_accuracy
+        from quantbench.recipes.open import open_artifact
+
+        runtime = open_artifact(Path(self.artifact), self.device)
+        try:
+            return task_accuracy(runtime, list(self.tasks))
+        finally:
+            runtime.close()
+
+
+JOBS = {job.kind: job for job in (ReferenceJob, QuantizeArtifactJob, EvaluateJob, TaskJob)}
 # Fields that hold dataclasses (or tuples of them): rebuilt from their JSON dicts.
 _NESTED = {"windows": lambda d: Window(**d), "speed": lambda d: SpeedRequest(**{**d, "prompt_ids": tuple(d["prompt_ids"])}),
            # JSON turned accelerate's integer GPU keys into strings

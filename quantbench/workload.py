@@ -148,13 +148,18 @@ def evaluate_artifact(work: Workload, artifact: Path, device: str, reference: Pa
     runtime = s.runtime or default_runtime(Path(artifact), device)
     job = EvaluateJob(str(artifact), device, work.windows, str(reference), speed, tuple(tasks) if tasks else None,
                       runtime, runtime_class(runtime).import_first_on_cuda if device.startswith("cuda") else None)
-    measured = Measured(**run_in_fresh_process(job, env))
+    from quantbench.eval.divergence import PER_TOKEN
+    from quantbench.eval.tasks import PER_ITEM
+
+    raw = run_in_fresh_process(job, env)
+    per_token = {**raw["metrics"].pop(PER_TOKEN, {}), **raw["metrics"].pop(PER_ITEM, {})}
+    measured = Measured(**raw)
     meta = read_meta(artifact)
     if "weight_bytes" not in meta:
         meta.update(storage_summary(artifact, work.source, meta["method"]))
     storage = Storage(meta["weight_bytes"], meta["bits_per_weight"], meta.get("bits_per_weight_quantized"),
                       meta.get("quantize_seconds"), meta.get("quantize_peak_bytes"))
-    return ResultRow.from_measurement(meta["method"], storage, measured, reference_ppl)
+    return ResultRow.from_measurement(meta["method"], storage, measured, reference_ppl, per_token)
 
 
 def artifact_matches(artifact: Path, work: Workload, method: str, device: str) -> bool:

@@ -161,17 +161,44 @@ def test_compare_on_tiny_model_writes_contract(tiny_model, tiny_text_file, tmp_p
     assert 4 * params <= rows["fp32"]["reported_footprint_bytes"] < 4 * params + 4096
     assert 2 * params <= rows["bf16"]["reported_footprint_bytes"] < 2 * params + 4096
     assert result["protocol"]["perplexity"]["window"] == 64
+    # Intervals: in every row and the protocol, shown compactly in the table; the recommendation compares
+    # its pick with the next candidate paired, on the per-token values the evaluations handed back.
+    for method in ("bf16", "bnb-int8"):
+        for key in ("ppl", "kld_mean", "top1_agreement"):
+            iv = rows[method][f"{key}_interval"]
+            assert iv["low"] <= rows[method][key] <= iv["high"] and iv["tokens"] == rows[method]["scored_tokens"], key
+    iv = result["protocol"]["reference_ppl_interval"]
+    assert iv["low"] < result["protocol"]["reference_ppl"] < iv["high"]
+    assert "per_token" not in rows["bf16"] and "block bootstrap" in result["protocol"]["uncertainty"]["method"]
+    rec = result["recommendation"]
+    # smallest weights among KLD <= 0.05: on this tiny model bf16 and int8 (with its fp16 embeddings) come first
+    assert {rec["method"], rec["next_candidate"]} == {"bf16", "bnb-int8"}
+    assert rec["comparison"]["versus"] == rec["next_candidate"]
+    assert rec["comparison"]["difference"]["tokens"] == rows["bf16"]["scored_tokens"]
+    assert "PPL ±95%" in res.stdout and " ±" in (out / "compare.md").read_text()
     assert {"torch", "transformers"} <= set(result["versions"])
     for name in ("compare.json", "compare.md", "compare.csv", "compare.png"):
         assert (out / name).stat().st_size > 0
     ref_files = list((isolated_cache / "reference").glob("*.safetensors"))
     assert len(ref_files) == 1
-    # A second run resumes: same reference, artifacts reused (nothing quantized again).
+    # A second run resumes: same reference, artifacts reused (nothing quantized again). With --tasks the
+    # table shows task accuracy beside the full-precision model's own, and --rank-by task ranks by it.
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"context": f"Item {k}: the word is", "choices": ["red", "a long answer", "x"],
+                                             "answer": k % 3}) for k in range(8)))
     again = run_cli("compare", str(tiny_model), "--methods", "fp32,bnb-int8", "--text", str(tiny_text_file), "--out", str(out),
-                    "--window", "64", "--windows", "4", "--device", "cpu", "--no-speed")
+                    "--window", "64", "--windows", "4", "--device", "cpu", "--no-speed", "--tasks", str(tasks),
+                    "--rank-by", "task", "--json", str(tmp_path / "r2.json"))
     assert again.returncode == 0, again.stderr
     assert "measuring" in again.stderr and "quantizing" not in again.stderr
     assert list((isolated_cache / "reference").glob("*.safetensors")) == ref_files
+    second = json.loads((tmp_path / "r2.json").read_text())
+    rows2 = {r["method"]: r for r in second["rows"]}
+    reference_tasks = second["protocol"]["reference_tasks"]
+    # fp32 is the reference model itself: the same accuracy on the same items
+    assert reference_tasks["task_acc"] == rows2["fp32"]["task_acc"] and reference_tasks["task_items"] == 8
+    assert second["recommendation"]["rank_by"] == "task" and second["recommendation"]["comparison"]["difference"]["tokens"] == 8
+    assert "task acc % ±95%" in again.stdout and "the full-precision model itself scores" in again.stdout
 
 
 @pytest.mark.parametrize(
@@ -239,6 +266,11 @@ def test_task_accuracy_matches_direct_loglik(tiny_model, tmp_path):
             scores.append(sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(c)))
         correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
     assert got["task_acc"] == correct / len(items) and got["task_items"] == 2
+    from quantbench.eval.tasks import PER_ITEM
+    from quantbench.eval.uncertainty import wilson_interval
+
+    assert sum(got[PER_ITEM]["task"][0]) == correct and len(got[PER_ITEM]["task"][0]) == 2
+    assert (got["task_acc_interval"]["low"], got["task_acc_interval"]["high"]) == pytest.approx(wilson_interval(correct, 2))
 
 
 def test_recommendation_rule():

@@ -156,3 +156,51 @@ def test_accuracy_interval_matches_scipy_wilson():
         assert (ours.low, ours.high) == pytest.approx((ci.low, ci.high), abs=1e-9)
     eight = accuracy_interval(6, 8)
     assert eight.high - eight.low > 0.5  # 8 items: about +/-30 points, as the report must say
+
+
+def test_the_rows_intervals_are_a_block_bootstrap_of_their_own_tokens():
+    """QualityAccumulator (what every row's numbers come from): its intervals equal a float64 block
+    bootstrap written here from the raw per-token values (blocks of 32 inside a window, 2000 resamples,
+    PCG64 seed 0, 95% percentiles), and its per-token values are the float64 KLD / NLL / top-1 of each token."""
+    import torch
+
+    from quantbench.eval.divergence import PER_TOKEN, QualityAccumulator
+
+    gen = torch.Generator().manual_seed(3)
+    acc = QualityAccumulator()
+    oracle = {"nll": [], "kld": [], "top1": []}
+    for tokens in (200, 75, 130):  # windows of unequal length: last blocks are short
+        ref = torch.log_softmax(3 * torch.randn(tokens, 50, generator=gen, dtype=torch.float64), -1)
+        cand = torch.log_softmax(ref + 0.3 * torch.randn(tokens, 50, generator=gen, dtype=torch.float64), -1)
+        targets = torch.randint(0, 50, (tokens,), generator=gen)
+        acc.add(cand.float(), targets, ref.float())
+        oracle["nll"].append((-cand.gather(-1, targets[:, None])[:, 0]).numpy())
+        oracle["kld"].append((ref.exp() * (ref - cand)).sum(-1).numpy())
+        oracle["top1"].append((ref.argmax(-1) == cand.argmax(-1)).double().numpy())
+    summary = acc.summary()
+
+    def bootstrap(windows):
+        sums, counts = [], []
+        for w in windows:
+            for start in range(0, len(w), 32):
+                sums.append(w[start : start + 32].sum())
+                counts.append(len(w[start : start + 32]))
+        sums, counts = np.array(sums), np.array(counts, dtype=np.float64)
+        picks = np.random.default_rng(0).integers(0, len(sums), size=(2000, len(sums)))
+        means = sums[picks].sum(1) / counts[picks].sum(1)
+        return np.quantile(means, [0.025, 0.975])
+
+    low, high = np.exp(bootstrap(oracle["nll"]))
+    assert (summary["ppl_interval"]["low"], summary["ppl_interval"]["high"]) == pytest.approx((low, high), rel=1e-5)
+    for key, name in (("kld_mean", "kld"), ("top1_agreement", "top1")):
+        low, high = bootstrap(oracle[name])
+        iv = summary[f"{key}_interval"]
+        assert iv["estimate"] == pytest.approx(summary[key], rel=1e-6)
+        assert (iv["low"], iv["high"]) == pytest.approx((low, high), rel=1e-4, abs=1e-9)
+        assert iv["low"] < summary[key] < iv["high"] and iv["blocks"] == 7 + 3 + 5 and iv["tokens"] == 405
+        flat = np.concatenate(oracle[name])
+        assert iv["per_token_se"] == pytest.approx(np.std(flat) / math.sqrt(flat.size - 1), rel=1e-4)
+    per_token = summary[PER_TOKEN]
+    for name in ("nll", "kld", "top1"):
+        assert [len(w) for w in per_token[name]] == [200, 75, 130]
+        assert np.concatenate(per_token[name]) == pytest.approx(np.concatenate(oracle[name]), rel=1e-4, abs=1e-6)

@@ -62,7 +62,7 @@ def cmd_compare(args) -> int:
         return _dry_run(args, methods)
     result = api.compare(args.model, methods, text=args.text, out_dir=Path(args.out), device=args.device,
                          settings=settings_from(args), tasks_file=args.tasks, memory_budget_bytes=args.memory_budget,
-                         progress=Progress(), context=args.context, devices=method_list(args.devices))
+                         progress=Progress(), context=args.context, devices=method_list(args.devices), rank_by=args.rank_by)
     written = api.write_report(result, Path(args.out), Path(args.json) if args.json else None)
     print(api.format_compare(result))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=parse_bytes,
                    help="recommend the best method whose runtime memory (weights + KV cache at --context + llama.cpp's "
                    "buffers) fits, e.g. 1GB; with --methods ...,fit also builds quantbench fit's GGUF for it")
+    p.add_argument("--rank-by", choices=api.RANK_BY, default="kld",
+                   help="the recommendation ranks by mean KLD (default) or by accuracy on --tasks ('task')")
     p.add_argument("--context", type=int, default=api.PLAN_CONTEXT,
                    help=f"context the --memory-budget must hold (default {api.PLAN_CONTEXT})")
     p.add_argument("--devices", help="GPUs to run methods on concurrently, one fresh process each, e.g. cuda:0,cuda:1 "

@@ -29,26 +29,44 @@ def token_kld(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tenso
     return (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1).clamp_min(0.0)
 
 
+# Metrics key of the per-token values (one list per window): they travel from the evaluation to the
+# parent for paired differences between methods (report/recommend.py) and are not written into rows.
+PER_TOKEN = "per_token"
+
+
 @dataclass
 class QualityAccumulator:
-    """Streams windows in; summarizes PPL, KLD statistics and top-1 agreement at the end."""
+    """Streams windows in; summarizes PPL, KLD statistics and top-1 agreement at the end, each mean with
+    its block-bootstrap interval (eval/uncertainty.py; llama.cpp's per-token +/- beside it), and hands
+    back the per-token values under PER_TOKEN."""
 
     nll_sum: float = 0.0
     scored: int = 0
     klds: list[torch.Tensor] = field(default_factory=list)
     agree: int = 0
+    nlls: list[torch.Tensor] = field(default_factory=list)  # per window, for the intervals
+    agrees: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, logprobs: torch.Tensor, targets: torch.Tensor, ref_logprobs: torch.Tensor | None) -> None:
-        self.nll_sum += float(token_nll(logprobs, targets).double().sum())
+        nll = token_nll(logprobs, targets).double()
+        self.nlls.append(nll)
+        self.nll_sum += float(nll.sum())
         self.scored += len(targets)
         if ref_logprobs is not None:
             self.klds.append(token_kld(ref_logprobs, logprobs))
-            self.agree += int((ref_logprobs.argmax(-1) == logprobs.argmax(-1)).sum())
+            same_top = ref_logprobs.argmax(-1) == logprobs.argmax(-1)
+            self.agrees.append(same_top.double())
+            self.agree += int(same_top.sum())
 
     def summary(self) -> dict:
         import math
 
-        out = {"ppl": math.exp(self.nll_sum / self.scored), "scored_tokens": self.scored, "nll_mean": self.nll_sum / self.scored}
+        from quantbench.eval.uncertainty import mean_interval, perplexity_interval
+
+        per_window = lambda values: [v.double().numpy() for v in values]  # noqa: E731
+        out = {"ppl": math.exp(self.nll_sum / self.scored), "scored_tokens": self.scored, "nll_mean": self.nll_sum / self.scored,
+               "ppl_interval": perplexity_interval(per_window(self.nlls)).to_dict()}
+        per_token = {"nll": [v.tolist() for v in self.nlls]}
         if self.klds:
             k = torch.cat(self.klds).double()
             out.update(
@@ -57,7 +75,11 @@ class QualityAccumulator:
                 kld_p99=float(torch.quantile(k, 0.99)),
                 kld_max=float(k.max()),
                 top1_agreement=self.agree / self.scored,
+                kld_mean_interval=mean_interval(per_window(self.klds)).to_dict(),
+                top1_agreement_interval=mean_interval(per_window(self.agrees)).to_dict(),
             )
+            per_token.update(kld=[v.double().tolist() for v in self.klds], top1=[v.tolist() for v in self.agrees])
+        out[PER_TOKEN] = per_token
         return out
 
 

@@ -74,9 +74,13 @@ class Reference:
                                   "delete that file (or the cache's reference/ folder) and run again")
 
 
-def reference_perplexity(reference: Reference) -> float:
-    """The reference's own perplexity, from the same accumulator that scores every method."""
+def reference_quality(reference: Reference) -> dict:
+    """The reference's own perplexity (and its interval), from the same accumulator that scores every method."""
     quality = QualityAccumulator()
     for k in range(reference.windows):
         quality.add(reference.logprobs(k), reference.targets(k), None)
-    return quality.summary()["ppl"]
+    return quality.summary()
+
+
+def reference_perplexity(reference: Reference) -> float:
+    return reference_quality(reference)["ppl"]

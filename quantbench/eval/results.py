@@ -50,15 +50,19 @@ class ResultRow:
     kv_cache_type: str | None = None  # a fitted GGUF (quantbench fit): the KV-cache type it was fitted with
     predicted_kld: float | None = None  # ... and the mean KLD its sensitivities predicted
     runtime_memory: Mapping[str, Any] | None = None  # compare --memory-budget: quantbench.fit.budget's rule
+    # Per-token values (nll, kld, top1: one list per window) and per-item task correctness, for paired
+    # differences between methods (report/recommend.py); not part of the JSON row.
+    per_token: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def not_measured(cls, method: str, runtime: str, device: str, status: str) -> "ResultRow":
         return cls(method, runtime, device, status)
 
     @classmethod
-    def from_measurement(cls, method: str, storage: Storage, measured: Measured, reference_ppl: float) -> "ResultRow":
+    def from_measurement(cls, method: str, storage: Storage, measured: Measured, reference_ppl: float,
+                         per_token: Mapping[str, Any] | None = None) -> "ResultRow":
         return cls(method, measured.runtime, measured.device, "ok", storage, measured,
-                   measured.metrics["ppl"] - reference_ppl)
+                   measured.metrics["ppl"] - reference_ppl, per_token=per_token)
 
     @property
     def ok(self) -> bool:

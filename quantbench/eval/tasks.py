@@ -51,14 +51,23 @@ def choice_loglik(runtime, context_ids: list[int], choice_ids: list[int]) -> flo
     return float(sum(logprobs[start - 1 + i, t] for i, t in enumerate(choice_ids)))
 
 
+# Metrics key of the per-item correctness (paired differences between methods; not written into rows).
+PER_ITEM = "per_item"
+
+
 def task_accuracy(runtime, items: list[dict]) -> dict:
-    correct = correct_norm = 0
+    """acc and acc_norm; acc with its Wilson 95% interval (8 items span about +/-30 points), and the
+    per-item correctness under PER_ITEM for paired comparisons between methods on the same items."""
+    from quantbench.eval.uncertainty import accuracy_interval
+
+    correct, correct_norm = [], []
     for item in items:
         scores = [choice_loglik(runtime, item["context_ids"], c) for c in item["choice_ids"]]
         normed = [s / n for s, n in zip(scores, item["choice_chars"])]
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
-        correct_norm += int(max(range(len(normed)), key=normed.__getitem__) == item["answer"])
-    return {"task_acc": correct / len(items), "task_acc_norm": correct_norm / len(items), "task_items": len(items)}
+        correct.append(int(max(range(len(scores)), key=scores.__getitem__) == item["answer"]))
+        correct_norm.append(int(max(range(len(normed)), key=normed.__getitem__) == item["answer"]))
+    return {"task_acc": sum(correct) / len(items), "task_acc_norm": sum(correct_norm) / len(items), "task_items": len(items),
+            "task_acc_interval": accuracy_interval(sum(correct), len(items)).to_dict(), PER_ITEM: {"task": [correct]}}
 
 
 register_runtime_metric("tasks", "scoring", lambda runtime, job: task_accuracy(runtime, list(job.tasks)) if job.tasks else {})

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from quantbench.artifact import atomic_file, write_json_atomic, write_text_atomic
+from quantbench.artifact import write_json_atomic, write_text_atomic
 
 # (header, row key, formatter)
 COLUMNS = (
@@ -18,22 +18,38 @@ COLUMNS = (
     ("size MB", "weight_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("footprint MB*", "reported_footprint_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.0f}"),
-    ("PPL", "ppl", lambda v: f"{v:.3f}"),
+    ("PPL ±95%", "ppl", lambda v: f"{v:.3f}"),
     ("dPPL", "delta_ppl", lambda v: f"{v:+.3f}"),
-    ("KLD mean", "kld_mean", lambda v: f"{v:.5f}"),
+    ("KLD mean ±95%", "kld_mean", lambda v: f"{v:.5f}"),
     ("KLD p99", "kld_p99", lambda v: f"{v:.4f}"),
-    ("top-1 %", "top1_agreement", lambda v: f"{100 * v:.2f}"),
+    ("top-1 % ±95%", "top1_agreement", lambda v: f"{100 * v:.2f}"),
+    ("task acc % ±95%", "task_acc", lambda v: f"{100 * v:.1f}"),
     ("prefill tok/s", "prefill_tok_s", lambda v: f"{v:.0f}"),
     ("decode tok/s", "decode_tok_s", lambda v: f"{v:.1f}"),
 )
 
 
-def _cells(row: dict) -> list[str]:
+def _half_width(value: float, interval: dict) -> float:
+    """The larger side of a (possibly asymmetric) interval, for a compact 'value ±h' cell."""
+    return max(interval["high"] - value, value - interval["low"])
+
+
+def _cells(row: dict, columns=None) -> list[str]:
     out = []
-    for _, key, fmt in COLUMNS:
+    for _, key, fmt in columns or COLUMNS:
         value = row.get(key)
-        out.append("n/a" if value is None else fmt(value))
+        cell = "n/a" if value is None else fmt(value)
+        interval = row.get(f"{key}_interval")
+        if value is not None and interval:  # the column's own formatter keeps the units (x100 for percentages)
+            cell += " ±" + fmt(_half_width(value, interval)).lstrip("+")
+        out.append(cell)
     return out
+
+
+def _columns(result: dict):
+    """Every column, less task accuracy when no --tasks were given."""
+    has_tasks = any(r.get("task_acc") is not None for r in result["rows"])
+    return tuple(c for c in COLUMNS if has_tasks or c[1] != "task_acc")
 
 
 def _peak_kind(result: dict) -> str:
@@ -50,7 +66,8 @@ def _notes(result: dict) -> list[str]:
         f"PPL protocol: {ppl['name']}, window {ppl['window']}, stride {ppl['stride']}, {ppl['max_windows']} windows, "
         f"scored from position {ppl['score_from']}, BOS {'added' if ppl['bos_token_id'] is not None else 'not added'}"
         + (f" ({p['bos']}; --add-bos/--no-add-bos override)" if p.get("bos") else "")
-        + f"; reference PPL {p['reference_ppl']:.3f}",
+        + f"; reference PPL {p['reference_ppl']:.3f}"
+        + (f" ±{_half_width(p['reference_ppl'], p['reference_ppl_interval']):.3f}" if p.get("reference_ppl_interval") else ""),
         f"KLD: {p['kld']}; " + (f"speed: batch {p['speed']['batch']}, prompt {p['speed']['prompt_tokens']}, "
         f"{p['speed']['new_tokens']} new tokens, median of {p['speed']['repeats']} after {p['speed']['warmup']} warm-up"
         if p["speed"].get("measured", True) else "speed not measured (--no-speed)"),
@@ -58,11 +75,21 @@ def _notes(result: dict) -> list[str]:
         "* footprint = what the runtime itself reports (transformers' get_memory_footprint(), llama.cpp's model size); "
         "size = true stored bytes incl. quant state; peak = " + _peak_kind(result),
     ]
+    if p.get("uncertainty"):
+        notes.append(f"±95% = {p['uncertainty']['method']}; llama.cpp's per-token +/- is in the JSON beside each "
+                     "interval (per_token_se, narrower: neighbouring tokens are correlated)")
     if p.get("runtime_memory"):
         rm = p["runtime_memory"]
         notes.append(f"runtime memory at context {rm['context']}: {rm['rule']}; "
                      + ", ".join(f"{r['method']} {r['runtime_memory']['total'] / 1e6:.1f} MB"
                                  for r in result["rows"] if r.get("runtime_memory")))
+    tasks = p.get("reference_tasks")
+    if tasks:
+        iv = tasks["task_acc_interval"]
+        notes.append(f"task: the full-precision model itself scores {100 * tasks['task_acc']:.1f}% "
+                     f"[{100 * iv['low']:.1f}, {100 * iv['high']:.1f}] on the same {tasks['task_items']} items ({iv['method']})"
+                     + ("; with this few items the interval spans tens of points: a smaller task difference is not a "
+                        "finding" if tasks["task_items"] < 100 else ""))
     for r in result["rows"]:
         if r.get("status") != "ok":
             notes.append(f"{r['method']}: {r['status'].splitlines()[0]}")
@@ -71,13 +98,15 @@ def _notes(result: dict) -> list[str]:
                          f"-ctv {r['kv_cache_type'].lower()} -fa on), predicted mean KLD {r['predicted_kld']:.5f}")
     rec = result.get("recommendation") or {}
     if rec:
-        notes.append(f"recommendation: {rec.get('method') or 'none'} ({rec.get('rule')})")
+        notes.append(f"recommendation: {rec.get('method') or 'none'} (rule: {rec.get('rule')})"
+                     + (f"; {rec['note']}" if rec.get("note") else ""))
     return notes
 
 
 def text_table(result: dict) -> str:
-    headers = [c[0] for c in COLUMNS]
-    body = [_cells(r) for r in result["rows"] if r.get("status") == "ok"]
+    columns = _columns(result)
+    headers = [c[0] for c in columns]
+    body = [_cells(r, columns) for r in result["rows"] if r.get("status") == "ok"]
     widths = [max(len(x) for x in col) for col in zip(headers, *body)]
     line = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [line(headers), line(["-" * w for w in widths])] + [line(b) for b in body]
@@ -97,9 +126,10 @@ def row_lines(row: dict) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    headers = [c[0] for c in COLUMNS]
+    columns = _columns(result)
+    headers = [c[0] for c in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"] if r.get("status") == "ok"]
+    lines += ["| " + " | ".join(_cells(r, columns)) + " |" for r in result["rows"] if r.get("status") == "ok"]
     return "\n".join(lines + [""] + [f"- {n}" for n in _notes(result)]) + "\n"
 
 
@@ -109,36 +139,14 @@ def csv_text(result: dict) -> str:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     for r in result["rows"]:
-        writer.writerow(r)
+        writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
     return buf.getvalue()
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from quantbench.report.plot import plot_quality_vs_size
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r.get("status") == "ok"]
-    # One colour per runtime present, in a fixed order, so no runtime needs an entry here.
-    colours = {name: f"C{i}" for i, name in enumerate(sorted({r["runtime"] for r in rows}))}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        kld = max(r["kld_mean"], 1e-7)
-        ax.scatter(r["weight_bytes"] / 1e6, kld, color=colours[r["runtime"]])
-        ax.annotate(r["method"], (r["weight_bytes"] / 1e6, kld), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for name, colour in colours.items():
-        ax.scatter([], [], color=colour, label=name)
-    ax.legend(title="runtime", fontsize=7, title_fontsize=7)
-    ax.set_yscale("log")
-    ax.set_xlabel("stored weight bytes (MB, incl. quantization state)")
-    ax.set_ylabel("mean KL divergence vs reference (log scale)")
-    ax.set_title(f"{result['model']['name']}: quality loss vs size", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    plot_quality_vs_size(result, path)
 
 
 def write_all(result: dict, out_dir: Path, json_path: Path | None = None) -> list[Path]:
