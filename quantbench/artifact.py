@@ -21,7 +21,10 @@ META_FILE = "quantbench.json"
 
 def read_meta(artifact: Path) -> dict:
     if artifact.is_file() and artifact.suffix == ".gguf":
-        return {"method": "gguf-file", "runtime": "llama.cpp"}
+        from quantbench.formats.gguf_metadata import read_meta as read_gguf_meta
+
+        # quantbench's own GGUF files carry their metadata inside (quantbench.* keys); others are foreign
+        return read_gguf_meta(artifact) or {"method": "gguf-file", "runtime": "llama.cpp"}
     if not artifact.exists():
         raise QuantbenchError(f"artifact '{artifact}' not found")
     from quantbench.formats import safetensors

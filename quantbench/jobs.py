@@ -57,6 +57,7 @@ class QuantizeArtifactJob:
     calibration_samples: int  # as the user requested (recorded beside what was used)
     calibration_length: int
     replaced_bytes: int = 0  # an earlier artifact at the output that this one replaces (its disk comes back)
+    gguf_metadata: dict | None = None  # GGUF recipes: written into the file as quantbench.* key-values
 
     def run(self) -> dict:
         from quantbench.device import peak_bytes, reset_peak
@@ -71,7 +72,8 @@ class QuantizeArtifactJob:
         # disk, RAM and GPU memory checked against the plan before any work starts
         resources = check_quantize_resources(Path(self.model_path), self.method, Path(self.out_dir), self.device,
                                              len(calibration), self.calibration_length, self.replaced_bytes)
-        options = QuantizeOptions(calibration_samples=self.calibration_samples, calibration_length=self.calibration_length)
+        options = QuantizeOptions(calibration_samples=self.calibration_samples, calibration_length=self.calibration_length,
+                                  gguf_metadata=self.gguf_metadata)
         reset_peak(self.device)
         t0 = time.perf_counter()
         meta = recipe.quantize(QuantizeJob(source, Path(self.out_dir), self.device, lambda: calibration, options))

@@ -85,10 +85,24 @@ def ensure_reference(work: Workload, device: str, env: dict | None = None) -> tu
 
 
 def quantize_to(work: Workload, method: str, out: Path, device: str, env: dict | None = None) -> dict:
-    """Write `method`'s artifact for the workload's model to `out` (atomically) and return its metadata."""
+    """Write `method`'s artifact for the workload's model to `out` (atomically) and return its metadata.
+
+    `out` ending in .gguf (gguf-* methods) is ONE GGUF file, as llama.cpp users expect: quantbench's
+    metadata travels inside it as quantbench.* key-values (formats/gguf_metadata.py), set while the file
+    is written. Any other `out` is a folder with the format's files and quantbench.json."""
+    import os
+    import tempfile
+
     from quantbench.recipes import get_recipe
 
     recipe = get_recipe(method)
+    out = Path(out)
+    single_gguf = out.suffix == ".gguf"
+    if single_gguf and recipe.family != "gguf":
+        raise QuantbenchError(f"-o {out}: a .gguf output needs a gguf-* method; {method} writes a folder, so give a folder name")
+    if single_gguf and out.is_dir():
+        raise QuantbenchError(f"-o {out} is a folder (an earlier quantbench wrote GGUF artifacts as folders); "
+                              "remove it or give another name")
     reason = recipe.unavailable_reason(device)
     if reason:
         raise QuantbenchError(f"{method} cannot run on {device} here: {reason}")
@@ -96,19 +110,33 @@ def quantize_to(work: Workload, method: str, out: Path, device: str, env: dict |
     if recipe.needs_calibration and not calib:
         raise QuantbenchError(f"{method} needs calibration text: the calibration split is shorter than one sample of "
                               f"{work.settings.calibration_length} tokens; give a longer --text")
-    replaced = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) if Path(out).is_dir() else 0
-    with atomic_dir(out) as tmp:
+    meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
+            "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},
+            "calibration": {"text": work.text.name, "text_fingerprint": work.text.fingerprint, "samples": len(calib),
+                            "length": work.settings.calibration_length} if calib else None,
+            "versions": versions()}
+    if single_gguf:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replaced = out.stat().st_size if out.is_file() else 0
+        workspace = tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent)  # same filesystem
+    else:
+        replaced = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
+        workspace = atomic_dir(out)
+    with workspace as tmp:
+        tmp = Path(tmp)
         result = run_in_fresh_process(QuantizeArtifactJob(method, str(work.source.path), work.source.name,
                                                           work.source.fingerprint, str(tmp), device, calib,
                                                           work.settings.calibration_samples,
-                                                          work.settings.calibration_length, replaced), env)
-        meta = {"method": method, "runtime": recipe.runtime, "format_version": 1, "device": device,
-                "source": {"name": work.source.name, "path": str(work.source.path), "fingerprint": work.source.fingerprint},
-                "calibration": {"text": work.text.name, "text_fingerprint": work.text.fingerprint, "samples": len(calib),
-                                "length": work.settings.calibration_length} if calib else None,
-                "versions": versions(), **result}
+                                                          work.settings.calibration_length, replaced,
+                                                          meta if recipe.family == "gguf" else None), env)
+        meta.update(result)
         meta.update(storage_summary(tmp, work.source, method))
-        write_json_atomic(tmp / META_FILE, meta)
+        if single_gguf:
+            from quantbench.recipes.gguf import ARTIFACT_FILE
+
+            os.replace(tmp / ARTIFACT_FILE, out)  # one rename on the same filesystem: the whole file or none
+        else:
+            write_json_atomic(tmp / META_FILE, meta)
     return meta
 
 

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="write a quantized artifact")
     add_model_argument(p)
     p.add_argument("--method", required=True, help="a name from `quantbench methods`")
-    p.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (written atomically); for a gguf-* method a path ending in .gguf writes one GGUF file")
     add_measure_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (bytes, bits/weight, memory) and stop")
     p.set_defaults(func=cmd_quantize)
