@@ -117,3 +117,15 @@ def test_an_unknown_option_is_an_error_not_ignored(tiny_model):
 
     with pytest.raises(QuantbenchError, match="unknown quantize option.*samples.*known:.*calibration_samples"):
         QuantizeJob(ModelSource(tiny_model, "tiny", "tiny"), tiny_model, "cpu", options={"samples": 5})
+
+
+def test_a_fit_folder_is_gguf_without_loading_it(tmp_path):
+    """is_gguf answers from quantbench.json alone: it once returned a loaded llama.cpp runtime (a second
+    copy of the model in the measuring process) instead of True."""
+    import json
+
+    from quantbench.recipes.open import default_runtime, is_gguf
+
+    (tmp_path / "quantbench.json").write_text(json.dumps({"method": "fit", "runtime": "llama.cpp"}))  # no model.gguf
+    assert is_gguf(tmp_path) is True
+    assert default_runtime(tmp_path, "cpu") == "llama.cpp"

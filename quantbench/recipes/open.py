@@ -27,11 +27,7 @@ def check_runtime(runtime: str | None) -> str | None:
 
 def is_gguf(artifact: Path) -> bool:
     meta = read_meta(artifact)
-    if meta["method"] == "fit":  # quantbench fit's GGUF inside a compare artifact folder
-        from quantbench.runtimes.llamacpp import LlamaCppRuntime
-
-        return LlamaCppRuntime(artifact / "model.gguf")
-    if meta["method"] == "gguf-file":
+    if meta["method"] in ("fit", "gguf-file"):  # quantbench fit's GGUF in a compare folder; a foreign .gguf
         return True
     from quantbench.recipes import get_recipe
 
