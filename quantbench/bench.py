@@ -162,7 +162,6 @@ def build_random_model(config: dict, device: str, dtype: torch.dtype, seed: int)
 
 def run_bench(model_spec: str | None, settings: BenchSettings = BenchSettings(), progress=None) -> dict:
     from quantbench.eval.speed import measure_speed
-    from quantbench.plan import load_model_config, plan
     from quantbench.device import resolve_device
     from quantbench.recipes import all_recipes, get_recipe
     from quantbench.runtimes.hf import HFRuntime
@@ -185,22 +184,8 @@ def run_bench(model_spec: str | None, settings: BenchSettings = BenchSettings(),
                 f"weights; {recipe.family} methods need calibration or their own file and runtime: measure them with "
                 "`quantbench compare` on a checkpoint"
             )
-        reason = recipe.unavailable_reason(device)
-        if reason:
-            raise QuantbenchError(f"{recipe.name} cannot run on {device} here: {reason}")
-    model_config = load_model_config(model_spec)
-    arch = ArchSpec.from_config(model_config.config)
-    context = settings.prompt_tokens + settings.new_tokens
-    planned = {
-        r["method"]: r
-        for r in plan(model_spec, context=context, batch=settings.batch, device_memory_bytes=0,
-                      methods=list(settings.methods), device="cpu" if device == "cpu" else "cuda")["methods"]
-    }
     say = progress or (lambda message: log.info(message))
-    say(f"measuring memory bandwidth on {describe_device(device)}")
-    bandwidth = measure_bandwidth(device, settings.bandwidth_bytes)
-    generator = torch.Generator().manual_seed(settings.seed)
-    prompt_ids = torch.randint(0, arch.vocab_size, (settings.prompt_tokens,), generator=generator).tolist()
+    model_config, arch, planned, bandwidth, prompt_ids = _prepare(model_spec, settings, device, recipes, say)
     embed = next(t for t in arch.tensors() if t.role == EMBED)
 
     rows = []
@@ -228,7 +213,7 @@ def run_bench(model_spec: str | None, settings: BenchSettings = BenchSettings(),
         # One decode step reads every resident weight once, except the input embedding table (a lookup
         # of `batch` rows) unless it doubles as lm_head; and the KV cache at the mean context.
         weights_read = resident - (0 if arch.tie_word_embeddings else embed.numel * model.get_input_embeddings().weight.element_size())
-        kv_per_token = planned[recipe.name]["kv_cache_bytes"] / context
+        kv_per_token = planned[recipe.name]["kv_cache_bytes"] / (settings.prompt_tokens + settings.new_tokens)  # planned at that context
         kv_read = kv_per_token * (settings.prompt_tokens + settings.new_tokens / 2)
         bytes_per_step = weights_read + kv_read
         ceiling = settings.batch * bandwidth["bytes_per_s"] / bytes_per_step
@@ -280,17 +265,11 @@ def _bench_record(model_config, arch, device: str, settings: BenchSettings, band
     }
 
 
-def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recipes, progress) -> dict:
-    """The same bench through quantbench's own runtime (runtimes/fast): random weights packed by each
-    recipe's format code, loaded by the runtime's artifact reader (quantbench/fast_bench.py)."""
-    from quantbench.fast_bench import fast_rows
+def _prepare(model_spec: str | None, settings: BenchSettings, device: str, recipes, say):
+    """What both runtimes' benches start from: every method runnable here (else one clear error), the
+    config, the plan's rows, the bandwidth measured now and the random prompt."""
     from quantbench.plan import load_model_config, plan
 
-    if not device.startswith("cuda"):
-        raise QuantbenchError("the quantbench runtime is measured on CUDA; use --runtime transformers on a CPU")
-    unsupported = [r.name for r in recipes if r.family in ("gguf",)]
-    if unsupported:
-        raise QuantbenchError(f"{', '.join(unsupported)}: GGUF runs on llama.cpp; bench it with benchmarks/llamacpp_cuda_bench.py")
     for recipe in recipes:
         reason = recipe.unavailable_reason(device)
         if reason:
@@ -299,12 +278,26 @@ def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recip
     arch = ArchSpec.from_config(model_config.config)
     context = settings.prompt_tokens + settings.new_tokens
     planned = {r["method"]: r for r in plan(model_spec, context=context, batch=settings.batch, device_memory_bytes=0,
-                                            methods=list(settings.methods), device="cuda")["methods"]}
-    say = progress or (lambda message: log.info(message))
+                                            methods=list(settings.methods), device="cpu" if device == "cpu" else "cuda")["methods"]}
     say(f"measuring memory bandwidth on {describe_device(device)}")
     bandwidth = measure_bandwidth(device, settings.bandwidth_bytes)
     generator = torch.Generator().manual_seed(settings.seed)
     prompt_ids = torch.randint(0, arch.vocab_size, (settings.prompt_tokens,), generator=generator).tolist()
+    return model_config, arch, planned, bandwidth, prompt_ids
+
+
+def _run_fast_bench(model_spec: str, settings: BenchSettings, device: str, recipes, progress) -> dict:
+    """The same bench through quantbench's own runtime (runtimes/fast): random weights packed by each
+    recipe's format code, loaded by the runtime's artifact reader (quantbench/fast_bench.py)."""
+    from quantbench.fast_bench import fast_rows
+
+    if not device.startswith("cuda"):
+        raise QuantbenchError("the quantbench runtime is measured on CUDA; use --runtime transformers on a CPU")
+    unsupported = [r.name for r in recipes if r.family in ("gguf",)]
+    if unsupported:
+        raise QuantbenchError(f"{', '.join(unsupported)}: GGUF runs on llama.cpp; bench it with benchmarks/llamacpp_cuda_bench.py")
+    say = progress or (lambda message: log.info(message))
+    model_config, arch, planned, bandwidth, prompt_ids = _prepare(model_spec, settings, device, recipes, say)
     rows = []
     for recipe in recipes:
         row = fast_rows(model_config.config, recipe, device, bandwidth["bytes_per_s"], prompt_ids, settings.new_tokens,
