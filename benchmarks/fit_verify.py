@@ -37,8 +37,8 @@ def per_token_kld(path: Path, work, reference, windows: int) -> list[np.ndarray]
     try:
         out = []
         for k, w in enumerate(work.windows[:windows]):
-            logits = runtime.logits(w["input_ids"])[w["first_scored"] :]
-            out.append(token_kld(reference.logprobs(k), log_softmax(logits)).double().numpy())
+            logits = runtime.logits(w.input_ids)[w.first_scored :]
+            out.append(token_kld(reference.logprobs(k), log_softmax(logits)).numpy())
         return out
     finally:
         runtime.close()
@@ -149,7 +149,7 @@ def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_
         plot_frontier(frontier, args.out / name, title=f"SmolLM2-135M, fit ({tag}) vs uniform -imat, evaluation split")
 
     result = {"model": work.source.name, "text": work.text.name, "protocol": settings.protocol.describe(),
-              "scored_windows": args.windows, "scored_tokens": sum(len(w["targets"]) for w in work.windows[: args.windows]),
+              "scored_windows": args.windows, "scored_tokens": sum(len(w.targets) for w in work.windows[: args.windows]),
               "reference_ppl": ref_ppl, "context": CONTEXT, "kv_cache_type": "F16", "runs": runs,
               "sensitivity": {k: sens[k] for k in ("scale", "spearman", "spearman_within_type", "direct", "kv_cost", "tokens", "settings", "seconds")},
               "frontiers": frontiers, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

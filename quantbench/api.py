@@ -141,7 +141,7 @@ def compare(model: str | None = None, methods: list[str] | None = None, text: st
                 "speed": {"prompt_tokens": len(work.prompt_ids), "new_tokens": settings.new_tokens,
                           "batch": settings.batch, "repeats": settings.repeats, "warmup": settings.warmup,
                           "measured": settings.measure_speed},
-                "kld": "KL(P_ref || Q) per scored token, natural log"}
+                "kld": "KL(P_ref || Q) per scored token, natural log, summed in float64"}
     if reference_tasks:
         protocol["reference_tasks"] = reference_tasks
     if memory_budget_bytes is not None:
@@ -180,8 +180,9 @@ def _reference_uncertainty(reference: Path) -> dict:
     from quantbench.eval.reference import Reference, reference_quality
     from quantbench.eval.uncertainty import BootstrapConfig
 
-    interval = reference_quality(Reference(reference))["ppl_interval"]
-    return {"reference_ppl_interval": interval,
+    opened = Reference(reference)
+    interval = reference_quality(opened)["ppl_interval"]
+    return {"reference_ppl_interval": interval, "reference_storage": opened.meta["storage"],
             "uncertainty": {"method": BootstrapConfig().describe(interval["blocks"]),
                             "per_token_se": "llama.cpp's perplexity.cpp: sqrt((mean x^2 - mean^2) / (n - 1)), "
                                             "beside every interval (narrower: neighbouring tokens are correlated)",

@@ -69,7 +69,7 @@ def ensure_reference(work: Workload, device: str, env: dict | None = None) -> tu
     from quantbench.eval.reference import Reference, reference_key, reference_path, reference_perplexity
 
     # The reference runs in the checkpoint's own dtype ("auto"); bump the tag when the cache layout changes.
-    key = reference_key(work.source.fingerprint, work.text.fingerprint, work.settings.protocol, "auto-dtype/v1")
+    key = reference_key(work.source.fingerprint, work.text.fingerprint, work.settings.protocol, "auto-dtype/v2-logprob16")
     path = reference_path(cache_dir(), key)
     if not path.is_file():
         log.info("computing the full-precision reference once (%d windows)", len(work.windows))

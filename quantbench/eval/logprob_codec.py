@@ -1,4 +1,4 @@
-"""16-bit storage of the reference's log-probabilities, as llama.cpp's KL-divergence base files keep them.
+"""16-bit storage of the reference's log-probabilities, after llama.cpp's KL-divergence base files.
 
 A full fp32 log-softmax costs 4 bytes per vocabulary entry per scored token: 196 KB per token on a
 49k vocabulary, 1 MB on Gemma-3's 262k. llama.cpp's `llama-perplexity --kl-divergence-base` stores
@@ -6,28 +6,32 @@ each token's log-probabilities as uint16 on a uniform grid instead (tools/perple
 `log_softmax(n_vocab, logits, uint16_t * log_prob, tok)`); we do the same, per scored token:
 
     top   = max_v lp(v)                         lp = log-softmax, float32
-    floor = max(min_v lp(v), top - LOG_RANGE)   llama.cpp: LOG_RANGE = 16 nats
+    floor = max(min_v lp(v), top - LOG_RANGE)
     scale = (top - floor) / 65535
     code  = round((lp - floor) / scale)  for lp > floor, else 0     (uint16)
+            capped at 65534 for every entry but the top one, so the reference's argmax survives
 
     +-----------------+----------------+-------------------------------+
     | scale (float32) | floor (float32)| codes: vocab x uint16         |
     +-----------------+----------------+-------------------------------+
 
-so 2 bytes per entry plus 8 per token (half of fp32). Decoding differs from llama.cpp in two
-deliberate ways: code 0 of a clamped token (its true log-prob was at or below the floor, i.e. at
-least LOG_RANGE nats below the top) decodes to probability 0, as llama.cpp's KLD loop skips it, and
-the decoded distribution is renormalized so it sums to 1 (rounding leaves it off by ~1e-4).
-
-Precision: the grid step is LOG_RANGE / 65535 = 2.4e-4 nats, so a decoded log-prob is within 1.2e-4
-of the original; measured on the default model in benchmarks/RESULTS.md ("Compact reference").
+so 2 bytes per entry plus 8 per token (half of fp32). Differences from llama.cpp, each measured on
+the default model (benchmarks/compact_reference_precision.py, benchmarks/RESULTS.md "Compact reference"):
+- LOG_RANGE is 32 nats, not llama.cpp's 16. Dropping everything 16 nats below the top moved every mean
+  KLD by about +1.8e-4 nats, 3.5x a bf16 model's true KLD; at 32 nats the stored reference's KLD
+  against the exact one (the floor it adds to every row) is 5e-9 nats per token on average.
+- Code 0 of a clamped token (its log-prob was at least LOG_RANGE nats below the top) decodes to
+  probability 0, as llama.cpp's KLD loop skips it; the decoded row is renormalized.
+The KLD is then computed in float64 with both sides renormalized (eval/divergence.token_kld): torch's
+float32 log-softmax sums to 1 only within ~3e-5 on a 49k vocabulary, an error as large as a
+near-lossless method's whole KLD once the reference side is renormalized and the candidate's is not.
 """
 
 from __future__ import annotations
 
 import torch
 
-LOG_RANGE = 16.0  # nats below the top kept on the grid (llama.cpp's constant)
+LOG_RANGE = 32.0  # nats below the top kept on the grid
 LEVELS = 65535  # uint16
 
 
@@ -36,10 +40,14 @@ def encode_logprobs(logprobs: torch.Tensor, log_range: float = LOG_RANGE) -> tup
     lp = logprobs.float()
     top = lp.max(dim=-1, keepdim=True).values  # (tokens, 1)
     floor = torch.maximum(lp.min(dim=-1, keepdim=True).values, top - log_range)  # (tokens, 1)
-    scale = (top - floor) / LEVELS  # (tokens, 1); 0 for a one-hot-flat row (all equal)
+    scale = (top - floor) / LEVELS  # (tokens, 1); 0 for a flat row (all equal)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.where(lp > floor, torch.round((lp - floor) / safe), torch.zeros_like(lp)).clamp_(0, LEVELS)
     codes = torch.where(scale > 0, codes, torch.zeros_like(codes))
+    # A runner-up within half a step of the top would round to the top's code and tie with it: cap
+    # every other entry one step lower, so the decoded argmax is the reference's (top-1 agreement).
+    is_top = torch.zeros_like(lp, dtype=torch.bool).scatter_(-1, lp.argmax(-1, keepdim=True), True)
+    codes = torch.where(is_top | (scale == 0), codes, codes.clamp(max=LEVELS - 1))
     # uint16 is stored through int32 -> uint16 (torch has uint16 since 2.3)
     return codes.to(torch.int32).to(torch.uint16), torch.cat([scale, floor], dim=-1)
 
@@ -54,13 +62,6 @@ def decode_logprobs(codes: torch.Tensor, scale_floor: torch.Tensor, log_range: f
     clamped = (codes.to(torch.int32) == 0) & was_clamped
     values = torch.where(clamped, torch.full_like(values, float("-inf")), values)
     return values - torch.logsumexp(values, dim=-1, keepdim=True)
-
-
-def kld_from_decoded(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """KL(P_ref || Q) per token where P_ref may hold exact zeros (-inf log-probs): 0 * anything = 0."""
-    p = ref_logprobs.exp()
-    terms = torch.where(p > 0, p * (ref_logprobs - logprobs.float()), torch.zeros_like(p))
-    return terms.sum(-1).clamp_min(0.0)
 
 
 def bytes_per_token(vocab: int) -> int:
