@@ -52,16 +52,21 @@ def encode_logprobs(logprobs: torch.Tensor, log_range: float = LOG_RANGE) -> tup
     return codes.to(torch.int32).to(torch.uint16), torch.cat([scale, floor], dim=-1)
 
 
-def decode_logprobs(codes: torch.Tensor, scale_floor: torch.Tensor, log_range: float = LOG_RANGE) -> torch.Tensor:
-    """(tokens, vocab) float32 log-probs; clamped entries -inf; each row renormalized to sum to 1."""
-    scale, floor = scale_floor[:, :1].float(), scale_floor[:, 1:2].float()
-    values = floor + scale * codes.to(torch.int32).float()  # (tokens, vocab)
-    # Code 0 is "at or below the floor". Where the floor is the row's true minimum (the row spans less
-    # than log_range) it is that real value; where the floor was clamped it stands for "negligible".
-    was_clamped = scale * LEVELS >= log_range * (1 - 1e-6)  # (tokens, 1)
-    clamped = (codes.to(torch.int32) == 0) & was_clamped
-    values = torch.where(clamped, torch.full_like(values, float("-inf")), values)
-    return values - torch.logsumexp(values, dim=-1, keepdim=True)
+def decode_logprobs(codes: torch.Tensor, scale_floor: torch.Tensor, log_range: float = LOG_RANGE, rows: int = 64) -> torch.Tensor:
+    """(tokens, vocab) float32 log-probs; clamped entries -inf; each row renormalized to sum to 1.
+    `rows` tokens at a time, so the temporaries stay small beside the output (262k vocabulary)."""
+    out = torch.empty(codes.shape, dtype=torch.float32)
+    for start in range(0, len(codes), rows):
+        part = slice(start, start + rows)
+        scale, floor = scale_floor[part, :1].float(), scale_floor[part, 1:2].float()
+        code = codes[part].to(torch.int32)
+        values = floor + scale * code.float()  # (rows, vocab)
+        # Code 0 is "at or below the floor". Where the floor is the row's true minimum (the row spans
+        # less than log_range) it is that real value; where the floor was clamped it stands for "negligible".
+        was_clamped = scale * LEVELS >= log_range * (1 - 1e-6)  # (rows, 1)
+        values.masked_fill_((code == 0) & was_clamped, float("-inf"))
+        out[part] = values - torch.logsumexp(values, dim=-1, keepdim=True)
+    return out
 
 
 def bytes_per_token(vocab: int) -> int:
