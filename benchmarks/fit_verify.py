@@ -10,7 +10,8 @@ For each uniform type T in Q3_K_M, IQ4_XS, Q4_K_M, Q5_K_M (quantbench's -imat re
   interval, the predicted KLD of both, and the sensitivity's estimate-vs-direct rank correlation.
 Then the same with Q4_1 excluded from fit's candidates (the default model's weights sit on a Q4_1 grid);
 `--exclude-sets` names other variants (Q5_1 holds the Q4_1 grid exactly, so ',Q4_1,Q4_1+Q5_1' also
-takes it away).
+takes it away). `--model` runs it on another model (e.g. Gemma-3-270m's Q4_K_M GGUF, whose weights sit
+on its own Q4_K_M grid: ',Q4_K' takes that grid's type away).
 
 Rerun: PYTHONPATH=. python3 benchmarks/fit_verify.py --windows 8 --out benchmarks/results/fit-verify
 CPU only. The sensitivity table is cached (~/.cache/quantbench/fit), so the second pass reuses it.
@@ -46,6 +47,7 @@ def per_token_kld(path: Path, work, reference, windows: int) -> list[np.ndarray]
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None, help="MODEL as quantbench takes it (default: the default model)")
     parser.add_argument("--windows", type=int, default=8, help="evaluation windows of 512 tokens scored")
     parser.add_argument("--reference-windows", type=int, default=16,
                         help="windows of the cached reference protocol (the first --windows of them are scored)")
@@ -74,7 +76,7 @@ def main() -> int:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = api.Settings(protocol=PerplexityProtocol(window=512, max_windows=args.reference_windows), measure_speed=False)
-    work = api.prepare(None, None, settings)
+    work = api.prepare(args.model, None, settings)
     reference, ref_ppl = None, None
 
     def scored(path: Path) -> list[np.ndarray]:
@@ -146,7 +148,7 @@ def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_
                                "measured_kld": r["fit_kld"]["estimate"], "ci95": (r["fit_kld"]["low"], r["fit_kld"]["high"])}
                               for r in runs if r["candidates"] == tag]
         name = "frontier.png" if tag == "all types" else "frontier-no-" + tag.removesuffix(" excluded").replace(" and ", "-").lower() + ".png"
-        plot_frontier(frontier, args.out / name, title=f"SmolLM2-135M, fit ({tag}) vs uniform -imat, evaluation split")
+        plot_frontier(frontier, args.out / name, title=f"{Path(work.source.name).name.removesuffix('.gguf')}, fit ({tag}) vs uniform -imat, evaluation split")
 
     result = {"model": work.source.name, "text": work.text.name, "protocol": settings.protocol.describe(),
               "scored_windows": args.windows, "scored_tokens": sum(len(w.targets) for w in work.windows[: args.windows]),

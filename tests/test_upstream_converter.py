@@ -4,9 +4,7 @@ never reaches this process; support = converter AND our llama.cpp."""
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,50 +12,12 @@ import torch
 import llama_cpp  # noqa: F401  (scripts/setup.sh installs it; a missing build must fail, not skip)
 import gguf
 
-from conftest import tiny_text
+from conftest import SPM_VOCAB as VOCAB
+from conftest import build_tiny_checkpoint as build
 from quantbench.errors import QuantbenchError
 from quantbench.formats import upstream_converter
 from quantbench.formats.upstream_converter import LLAMA_CPP_ARCHITECTURES, convert, converter_available
 from quantbench.runtimes.llamacpp import LlamaCppRuntime
-
-VOCAB = 640
-
-
-@pytest.fixture(scope="module")
-def spm_model(tmp_path_factory) -> Path:
-    """A tiny SentencePiece tokenizer.model (what Llama-2 and Gemma checkpoints ship)."""
-    import sentencepiece as spm
-
-    root = tmp_path_factory.mktemp("spm")
-    (root / "text.txt").write_text(tiny_text()[:100_000])
-    spm.SentencePieceTrainer.train(input=str(root / "text.txt"), model_prefix=str(root / "tok"), vocab_size=VOCAB,
-                                   model_type="bpe", byte_fallback=True, character_coverage=0.995, bos_id=1, eos_id=2,
-                                   unk_id=3, pad_id=0, minloglevel=2, num_threads=1)
-    return root / "tok.model"
-
-
-def build(folder: Path, kind: str, spm_model: Path):
-    """A random checkpoint of `kind` with the SentencePiece tokenizer; returns (folder, model)."""
-    import transformers
-
-    torch.manual_seed(5)
-    common = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if kind == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
-    else:  # Gemma-3-270m's shape in small: head_dim != hidden/heads, q/k norms, four norms per layer, tied
-        config = transformers.Gemma3TextConfig(**common, head_dim=64, query_pre_attn_scalar=64, sliding_window=512,
-                                               max_position_embeddings=1024)
-        model = transformers.Gemma3ForCausalLM(config)
-    model.eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0.0, 0.3)  # nonzero, so a norm stored without Gemma's +1 shift shows
-    model.save_pretrained(folder)
-    (folder / "tokenizer.model").write_bytes(spm_model.read_bytes())
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
-    return folder, model
 
 
 def kld(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

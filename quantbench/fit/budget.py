@@ -6,7 +6,10 @@
 - weights: the tensor bytes of the file (exact, from the type table or read back from the file);
 - KV cache: llama.cpp pads the context to a multiple of 256 cells (llama-context.cpp GGML_PAD(n_ctx, 256))
   and stores, per layer, K and V rows of n_kv_heads * head_dim values per cell in the cache type
-  (llama-kv-cache.cpp: ggml_row_size(type, n_embd_k_gqa * kv_size)); exact arithmetic;
+  (llama-kv-cache.cpp: ggml_row_size(type, n_embd_k_gqa * kv_size)); exact arithmetic. Sliding-window
+  layers (Gemma-2/3) hold every cell too: llama.cpp's library default swa_full = true
+  (llama_context_default_params), which quantbench's runtime uses; llama-cli/llama-server default to
+  --swa-full off and hold fewer cells there, so on such models the count is an upper bound for them;
 - buffers: measured, not modelled: llama.cpp allocates its compute graph buffer and its logits (output)
   buffer when it creates a context, and logs their sizes ("CPU compute buffer size = X MiB"); we create
   the context with the assumptions below and read them back (rounded up to the logged 0.01 MiB).

