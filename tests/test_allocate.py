@@ -8,7 +8,7 @@ import random
 import pytest
 
 from quantbench.errors import QuantbenchError
-from quantbench.methods.allocate import Frontier, Group, Option
+from quantbench.methods.allocate import Allocation, Frontier, Group, Option
 
 
 def brute_force(groups, budget):
@@ -52,24 +52,59 @@ def test_exact_at_unit_granularity_matches_brute_force(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_coarse_granularity_stays_within_tolerance(seed):
-    """Never over budget, and never worse than the exact optimum at budget * (1 - tolerance)."""
+    """Never over budget, and never worse than the exact optimum at budget - tolerance * (budget - smallest)."""
     rng = random.Random(100 + seed)
     groups = random_groups(rng, 5, 4, max_bytes=5000)
     top = sum(max(o.bytes for o in g.options) for g in groups)
+    smallest = sum(min(o.bytes for o in g.options) for g in groups)
     tolerance = 0.05
-    for budget in sorted(rng.sample(range(sum(min(o.bytes for o in g.options) for g in groups), top + 1), 15)):
+    # at least 2 bytes a cell: 5 groups / 0.05 = 100 cells, so more than 200 bytes above the smallest
+    for budget in sorted(rng.sample(range(smallest + 400, top + 1), 15)):
         frontier = Frontier(groups, budget, tolerance=tolerance)
         assert frontier.unit > 1
-        shrunk = brute_force(groups, int(budget * (1 - tolerance)))
-        try:
-            got = frontier.solve(budget)
-        except QuantbenchError:
-            assert shrunk is None  # only when even the shrunk budget has no solution
-            continue
+        got = frontier.solve(budget)
         assert got.bytes <= budget
-        if shrunk is not None:
-            assert got.cost <= shrunk[0] + 1e-12
+        assert got.cost <= brute_force(groups, budget - int(tolerance * (budget - smallest)))[0] + 1e-12
         assert got.cost >= brute_force(groups, budget)[0] - 1e-12  # the DP cannot beat the true optimum
+
+
+def test_rounding_cannot_hide_a_plan_that_fits_to_the_byte():
+    """Two groups whose best options fill the budget exactly: rounded up to cells they do not fit, and
+    the DP alone settles for less; polishing the leftover bytes (or seeding with that plan) finds it."""
+    groups = [Group("a", (Option("small", 1000, 1.0), Option("big", 1506, 0.0))),
+              Group("b", (Option("small", 1000, 1.0), Option("big", 1506, 0.0)))]
+    budget = 3012
+    frontier = Frontier(groups, budget, tolerance=0.2)  # 0.2 * 1012 // 2 = 101 B a cell: 10 cells; 506 B is 6
+    assert (frontier.unit, frontier.cells) == (101, 10)
+    assert min(p.cost for p in frontier.points()) == 1.0  # the DP's own frontier: one "big" fits in cells, two do not
+    assert frontier.solve(budget).cost == 0.0 == brute_force(groups, budget)[0]
+    seed = frontier.allocation({"a": "big", "b": "big"})
+    assert (seed.bytes, seed.cost) == (3012, 0.0)
+    assert frontier.polish(seed, budget) == seed  # nothing left to spend
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_polish_only_improves_and_stays_in_budget(seed):
+    rng = random.Random(200 + seed)
+    groups = random_groups(rng, 6, 4, max_bytes=300)
+    smallest = {g.name: min(g.options, key=lambda o: o.bytes).label for g in groups}
+    frontier = Frontier(groups, sum(max(o.bytes for o in g.options) for g in groups))
+    start = frontier.allocation(smallest)
+    for budget in rng.sample(range(start.bytes, frontier.max_bytes + 1), 10):
+        got = frontier.polish(start, budget)
+        assert got.bytes <= budget and got.cost <= start.cost
+        # a local optimum: no single swap fits and lowers the cost
+        for g in groups:
+            now = next(o for o in g.options if o.label == got.choice[g.name])
+            assert not any(o.cost < now.cost and got.bytes - now.bytes + o.bytes <= budget for o in g.options)
+
+
+def test_allocation_of_a_choice_names_every_group():
+    groups = [Group("a", (Option("x", 10, 1.0),)), Group("b", (Option("x", 5, 2.0),))]
+    frontier = Frontier(groups, 20)
+    assert frontier.allocation({"a": "x", "b": "x"}) == Allocation({"a": "x", "b": "x"}, 15, 3.0)
+    with pytest.raises(QuantbenchError, match="every group"):
+        frontier.allocation({"a": "x"})
 
 
 def test_frontier_points_are_monotone_and_each_optimal():

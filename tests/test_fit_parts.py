@@ -176,3 +176,21 @@ def test_frontier_plot_labels_do_not_overlap(tmp_path):
                             {"name": "Q8_0-imat", "total_bytes": 1.9e8, "predicted_kld": 0.002}]}
     plot_frontier(frontier, tmp_path / "f.png", chosen={"total_bytes": 1.4e8, "predicted_kld": 0.03})
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_a_seed_plan_that_fits_to_the_byte_beats_the_rounded_knapsack():
+    """The DP rounds bytes up to cells, and no single swap from its answer reaches the plan that fills the
+    budget exactly (as a uniform type's plan does at its own size): fit offers that plan as a seed."""
+    from quantbench.fit.pipeline import best_allocation
+    from quantbench.methods.allocate import Frontier, Group, Option
+
+    two = (Option("small", 1000, 1.0), Option("big", 1506, 0.0))
+    groups = [Group("a", two), Group("b", two), Group("c", (Option("lo", 1000, 0.6), Option("hi", 1300, 0.0)))]
+    budget = 4012  # a big, b big, c lo: exactly
+    frontier = Frontier(groups, budget, tolerance=0.2)  # 67 B cells: the exact plan needs 16, only 15 exist
+    alone, origin = best_allocation(frontier, budget, {})
+    assert (alone.cost, alone.choice["c"], origin) == (1.0, "hi", "the knapsack")  # one big, and hi
+    seeds = {"Q4_K_M-imat (KV F16)": {"a": "big", "b": "big", "c": "lo"}, "too big": {"a": "big", "b": "big", "c": "hi"}}
+    best, origin = best_allocation(frontier, budget, seeds)
+    assert (best.bytes, best.cost) == (4012, pytest.approx(0.6))
+    assert origin == "the uniform Q4_K_M-imat (KV F16) plan, then the bytes left spent"

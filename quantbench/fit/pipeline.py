@@ -16,7 +16,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.fit.budget import KV_CACHE_TYPES, RuntimeSetting, kv_cache_bytes, measure_buffers, runtime_memory
 from quantbench.fit.candidates import DEFAULT_TYPES, TensorCandidates, tensor_candidates
 from quantbench.fit.sensitivity import SensitivitySettings, cache_key, measure_sensitivity
-from quantbench.methods.allocate import Frontier, Group, Option
+from quantbench.methods.allocate import Allocation, Frontier, Group, Option
 
 log = logging.getLogger(__name__)
 
@@ -102,28 +102,47 @@ def build_groups(candidates: list[TensorCandidates], cost: dict, runtime: dict[s
     return groups
 
 
-def uniform_points(arch, candidates: list[TensorCandidates], fixed: int, cost: dict, runtime, kv_cost: dict) -> list[dict]:
-    """Predicted KLD and exact bytes of llama.cpp's uniform -imat file types, where every tensor's type
-    is a candidate (F16 KV cache)."""
+def uniform_plans(arch, candidates: list[TensorCandidates]) -> dict[str, dict[str, str]]:
+    """llama.cpp's uniform -imat file types as per-tensor plans (tensor -> the type llama.cpp writes),
+    for those whose every type is a candidate here."""
     from quantbench.formats.gguf_types import FILE_TYPES
     from quantbench.methods.gguf_mixture import MixtureContext, llama_cpp_tensor_type
 
     ctx = MixtureContext.from_arch(arch, has_imatrix=True)
     layer = {t.gguf_name: t.layer for t in arch.tensors()}
-    points = []
+    plans = {}
     for file_type in UNIFORM_TYPES:
-        weights, predicted, ok = fixed, kv_cost.get("F16", 0.0), "F16" in runtime
-        for c in candidates:
-            t = llama_cpp_tensor_type(c.gguf_name, c.shape, file_type, FILE_TYPES[file_type].base, ctx, layer[c.gguf_name])
-            if t not in c.types:
-                ok = False
-                break
-            weights += c.bytes[c.types.index(t)]
-            predicted += cost[c.gguf_name][t]
-        if ok:
-            points.append({"name": f"{file_type}-imat", "weights_bytes": weights,
-                           "total_bytes": weights + sum(runtime["F16"]), "predicted_kld": predicted})
+        plan = {c.gguf_name: llama_cpp_tensor_type(c.gguf_name, c.shape, file_type, FILE_TYPES[file_type].base, ctx,
+                                                   layer[c.gguf_name]) for c in candidates}
+        if all(plan[c.gguf_name] in c.types for c in candidates):
+            plans[f"{file_type}-imat"] = plan
+    return plans
+
+
+def uniform_points(arch, candidates: list[TensorCandidates], fixed: int, cost: dict, runtime, kv_cost: dict) -> list[dict]:
+    """Predicted KLD and exact bytes of the uniform plans, with an F16 KV cache."""
+    if "F16" not in runtime:
+        return []
+    points = []
+    for name, plan in uniform_plans(arch, candidates).items():
+        weights = fixed + sum(c.bytes[c.types.index(plan[c.gguf_name])] for c in candidates)
+        points.append({"name": name, "weights_bytes": weights, "total_bytes": weights + sum(runtime["F16"]),
+                       "predicted_kld": kv_cost.get("F16", 0.0) + sum(cost[c.gguf_name][plan[c.gguf_name]] for c in candidates)})
     return points
+
+
+def best_allocation(frontier: Frontier, capacity: int, seeds: dict[str, dict[str, str]]) -> tuple[Allocation, str]:
+    """The knapsack's allocation at `capacity`, or a seed plan (e.g. a uniform type with any KV-cache type)
+    that fits exactly and, polished, is predicted better: the DP rounds bytes up, so a plan that fits to
+    the byte can be out of its reach. Returns the allocation and where it came from."""
+    best, origin = frontier.solve(capacity), "the knapsack"
+    for name, seed in seeds.items():
+        allocation = frontier.allocation(seed)
+        if allocation.bytes <= capacity:
+            allocation = frontier.polish(allocation, capacity)
+            if allocation.cost < best.cost:
+                best, origin = allocation, f"the uniform {name} plan, then the bytes left spent"
+    return best, origin
 
 
 @dataclass
@@ -190,7 +209,10 @@ def fit_model(work, config: FitConfig, out: Path, device: str = "cpu", progress:
     groups = build_groups(candidates, sensitivity.cost, runtime, sensitivity.kv_cost)
 
     progress("solving the knapsack")
-    allocation = Frontier(groups, config.budget_bytes - fixed, config.tolerance).solve(config.budget_bytes - fixed)
+    seeds = {f"{name} (KV {kv})": {**plan, KV_GROUP: kv} for name, plan in uniform_plans(arch, candidates).items()
+             for kv in runtime}
+    frontier = Frontier(groups, config.budget_bytes - fixed, config.tolerance)
+    allocation, origin = best_allocation(frontier, config.budget_bytes - fixed, seeds)
     kv = allocation.choice[KV_GROUP]
     plan = {c.gguf_name: allocation.choice[c.gguf_name] for c in candidates}
     plan_bytes = {c.gguf_name: c.bytes[c.types.index(plan[c.gguf_name])] for c in candidates}
@@ -217,6 +239,7 @@ def fit_model(work, config: FitConfig, out: Path, device: str = "cpu", progress:
     report = {
         "artifact": str(out), "budget_bytes": config.budget_bytes, "context": config.context, "kv_cache_type": kv,
         "llama_cpp_flags": setting.llama_cpp_flags(), "memory": memory.to_json(), "predicted_kld": allocation.cost,
+        "plan_origin": origin,
         "tensor_types": written["tensor_types"], "weights_bytes": weights, "file_bytes": written["file_bytes"],
         "bits_per_weight": 8 * weights / arch.num_params(), "plan": plan,
         "sensitivity": {"scale": sensitivity.scale, "spearman": sensitivity.spearman,

@@ -4,15 +4,19 @@ The multiple-choice knapsack: groups g = 1..G, each with options j of (bytes_gj,
 option per group, minimising sum cost subject to sum bytes <= budget. Costs are additive estimates (here:
 the predicted increase in mean KL divergence from quantizing one tensor to one type).
 
-Solved exactly by dynamic programming over bytes counted in cells of `unit` bytes, each option's bytes
-rounded UP to whole cells:
+Solved exactly by dynamic programming over the bytes ABOVE each group's smallest option (every
+allocation pays those), counted in cells of `unit` bytes, each option's extra bytes rounded UP to whole
+cells:
 
-    best_g[c] = min_j  best_{g-1}[c - w_gj] + cost_gj          w_gj = ceil(bytes_gj / unit)
+    best_g[c] = min_j  best_{g-1}[c - w_gj] + cost_gj          w_gj = ceil((bytes_gj - min_j' bytes_gj') / unit)
 
-so a solution that fits in cells fits in bytes. With unit = floor(tolerance * budget / G) the rounding
-adds at most G * unit <= tolerance * budget, so the cost found at `budget` is at most the true optimum
-at budget * (1 - tolerance): exact at that granularity, within 0.1% of the budget by default.
-One pass gives every capacity at once, i.e. the whole cost-vs-bytes frontier.
+so a solution that fits in cells fits in bytes. With R = budget - (sum of the smallest options) and
+unit = floor(tolerance * R / G), the rounding adds at most G * unit <= tolerance * R <= tolerance * budget,
+so the cost found at `budget` is at most the true optimum at budget - tolerance * R: exact at that
+granularity, within 0.1% of the budget by default (much less where the smallest options are most of it,
+e.g. a KV cache). One pass gives every capacity at once, i.e. the whole cost-vs-bytes frontier.
+`solve` then spends what the rounding left over in exact bytes (`polish`), so a solution that fits
+exactly is not lost to rounding when a single swap reaches it.
 
 Format-neutral: groups and options are labels, bytes and costs; nothing here knows about GGUF.
 """
@@ -65,13 +69,14 @@ class Frontier:
         self.groups = list(groups)
         self.max_bytes = int(max_bytes)
         self.tolerance = tolerance
-        self.min_bytes = sum(min(o.bytes for o in g.options) for g in self.groups)
+        self._floor = [min(o.bytes for o in g.options) for g in self.groups]  # every allocation pays these
+        self.min_bytes = sum(self._floor)
         if self.max_bytes < self.min_bytes:
             raise QuantbenchError(
                 f"the budget ({self.max_bytes:,} B) is below the smallest allocation ({self.min_bytes:,} B)"
             )
-        self.unit = max(1, int(tolerance * self.max_bytes) // len(self.groups))
-        self.cells = self.max_bytes // self.unit  # capacities 0..cells
+        self.unit = max(1, int(tolerance * (self.max_bytes - self.min_bytes)) // len(self.groups))
+        self.cells = (self.max_bytes - self.min_bytes) // self.unit  # capacities 0..cells above min_bytes
         INF = np.inf
         best = np.full(self.cells + 1, INF)  # best[c]: least cost using exactly c cells (groups so far)
         best[0] = 0.0
@@ -81,7 +86,7 @@ class Frontier:
         for g, group in enumerate(self.groups):
             new = np.full(self.cells + 1, INF)
             for j, option in enumerate(group.options):
-                w = -(-option.bytes // self.unit)  # ceil
+                w = self._cells(g, option)
                 if w > self.cells:
                     continue
                 candidate = best[: self.cells + 1 - w] + option.cost
@@ -97,20 +102,47 @@ class Frontier:
         ends = np.where(improves & np.isfinite(best), ends, -1)
         self._end = np.maximum.accumulate(ends)
 
+    def _cells(self, g: int, option: Option) -> int:
+        return -(-(option.bytes - self._floor[g]) // self.unit)  # ceil
+
     def cells_for(self, budget_bytes: int) -> int:
-        return min(self.cells, int(budget_bytes) // self.unit)
+        return min(self.cells, (int(budget_bytes) - self.min_bytes) // self.unit)
 
     def solve(self, budget_bytes: int) -> Allocation:
         """The cheapest allocation whose exact bytes are <= budget_bytes (<= max_bytes)."""
         if budget_bytes > self.max_bytes:
             raise QuantbenchError(f"budget {budget_bytes:,} B is above the frontier's range ({self.max_bytes:,} B)")
-        c = self.cells_for(budget_bytes)
-        if self._end[c] < 0:
-            raise QuantbenchError(
-                f"the budget ({budget_bytes:,} B) is below the smallest allocation ({self.min_bytes:,} B at "
-                f"{self.unit} B granularity)"
-            )
-        return self._trace(int(self._end[c]))
+        if budget_bytes < self.min_bytes:
+            raise QuantbenchError(f"the budget ({budget_bytes:,} B) is below the smallest allocation ({self.min_bytes:,} B)")
+        return self.polish(self._trace(int(self._end[self.cells_for(budget_bytes)])), budget_bytes)
+
+    def allocation(self, choice: dict[str, str]) -> Allocation:
+        """The exact bytes and cost of a given choice (every group named once)."""
+        if set(choice) != {g.name for g in self.groups}:
+            raise QuantbenchError("a choice must name every group exactly once")
+        picked = [next(o for o in g.options if o.label == choice[g.name]) for g in self.groups]
+        return Allocation({g.name: o.label for g, o in zip(self.groups, picked)}, sum(o.bytes for o in picked),
+                          sum(o.cost for o in picked))
+
+    def polish(self, allocation: Allocation, budget_bytes: int) -> Allocation:
+        """Spend the exact bytes left under the budget: repeatedly make the single-group swap that lowers
+        the cost most and still fits, until none does. Never raises the cost or leaves the budget."""
+        current = {g.name: next(o for o in g.options if o.label == allocation.choice[g.name]) for g in self.groups}
+        total = sum(o.bytes for o in current.values())
+        while True:
+            slack = budget_bytes - total
+            best = None  # (cost decrease, group, option)
+            for g in self.groups:
+                now = current[g.name]
+                for o in g.options:
+                    gain = now.cost - o.cost
+                    if gain > 0 and o.bytes - now.bytes <= slack and (best is None or gain > best[0]):
+                        best = (gain, g, o)
+            if best is None:
+                return self.allocation({name: o.label for name, o in current.items()})
+            _, g, o = best
+            total += o.bytes - current[g.name].bytes
+            current[g.name] = o
 
     def _trace(self, c: int) -> Allocation:
         choice, total, cost = {}, 0, 0.0
@@ -119,7 +151,7 @@ class Frontier:
             choice[self.groups[g].name] = option.label
             total += option.bytes
             cost += option.cost
-            c -= -(-option.bytes // self.unit)
+            c -= self._cells(g, option)
         if c != 0:
             raise AssertionError("knapsack trace did not end at zero cells")  # a bug, not bad input
         return Allocation(dict(reversed(choice.items())), total, cost)
