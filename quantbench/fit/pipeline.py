@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantbench.errors import QuantbenchError
+from quantbench.fit.activations import ACTIVATIONS_VERSION, activation_type, cached_activation_costs, with_activation_costs
 from quantbench.fit.budget import KV_CACHE_TYPES, RuntimeSetting, kv_cache_bytes, measure_buffers, runtime_memory
 from quantbench.fit.candidates import DEFAULT_TYPES, TensorCandidates, tensor_candidates
 from quantbench.fit.sensitivity import SensitivitySettings, cache_key, measure_sensitivity
@@ -145,6 +146,15 @@ def best_allocation(frontier: Frontier, capacity: int, seeds: dict[str, dict[str
     return best, origin
 
 
+def activation_summary(activation: dict, plan: dict) -> dict:
+    """The activation-rounding share of the prediction: per activation type, its sum over the tensors that
+    can take it, and what the chosen plan pays."""
+    kinds = sorted({k for per in activation.values() for k in per})
+    return {"total_by_type": {k: sum(per.get(k, 0.0) for per in activation.values()) for k in kinds},
+            "plan": sum(activation[n][activation_type(t)] for n, t in plan.items()),
+            "backend": "llama.cpp CPU (ggml-cpu vec_dot types)"}
+
+
 @dataclass
 class FitSetup:
     """What fit knows before measuring anything: the tensors, their candidates, the fixed bytes, and
@@ -205,8 +215,13 @@ def fit_model(work, config: FitConfig, out: Path, device: str = "cpu", progress:
                     asdict(config.sensitivity), kv_types)
     sensitivity = measure_sensitivity(source.path, intermediate, arch, setup.candidates, imatrix, work.calibration,
                                       config.sensitivity, kv_types, workdir / f"sensitivity-{key}.json", device, progress)
+    activations_key = cache_key(source.fingerprint, work.calibration, sorted(config.types), asdict(config.sensitivity),
+                                ACTIVATIONS_VERSION)
+    activation = cached_activation_costs(source.path, arch, setup.candidates, work.calibration, config.sensitivity,
+                                         workdir / f"activations-{activations_key}.json", device, progress)
+    cost = with_activation_costs(sensitivity.cost, activation)
     candidates = setup.allowed
-    groups = build_groups(candidates, sensitivity.cost, runtime, sensitivity.kv_cost)
+    groups = build_groups(candidates, cost, runtime, sensitivity.kv_cost)
 
     progress("solving the knapsack")
     seeds = {f"{name} (KV {kv})": {**plan, KV_GROUP: kv} for name, plan in uniform_plans(arch, candidates).items()
@@ -245,16 +260,17 @@ def fit_model(work, config: FitConfig, out: Path, device: str = "cpu", progress:
         "sensitivity": {"scale": sensitivity.scale, "spearman": sensitivity.spearman,
                         "spearman_within_type": sensitivity.spearman_within_type, "direct": sensitivity.direct,
                         "kv_cost": sensitivity.kv_cost, "tokens": sensitivity.tokens, "settings": sensitivity.settings,
-                        "seconds": sensitivity.seconds},
+                        "seconds": sensitivity.seconds,
+                        "activation_rounding": activation_summary(activation, plan)},
         "config": {**asdict(config), "sensitivity": asdict(config.sensitivity)},
         "imatrix": imatrix_info, "seconds": time.perf_counter() - started,
     }
-    report["frontier"] = frontier_json(arch, candidates, fixed, groups, runtime, sensitivity, config)
+    report["frontier"] = frontier_json(arch, candidates, fixed, groups, runtime, cost, sensitivity.kv_cost, config)
     write_frontier(report, out)
     return report
 
 
-def frontier_json(arch, candidates, fixed, groups, runtime, sensitivity, config: FitConfig) -> dict:
+def frontier_json(arch, candidates, fixed, groups, runtime, cost: dict, kv_cost: dict, config: FitConfig) -> dict:
     """The whole predicted KLD-vs-bytes frontier (every budget at once) and the uniform types beside it."""
     top = fixed + sum(max(o.bytes for o in g.options) for g in groups)
     points = Frontier(groups, top - fixed, config.tolerance).points(300)
@@ -262,7 +278,7 @@ def frontier_json(arch, candidates, fixed, groups, runtime, sensitivity, config:
         "context": config.context,
         "points": [{"total_bytes": fixed + p.bytes, "predicted_kld": p.cost, "kv_cache_type": p.choice[KV_GROUP],
                     "weights_bytes": fixed + p.bytes - sum(runtime[p.choice[KV_GROUP]])} for p in points],
-        "uniform": uniform_points(arch, candidates, fixed, sensitivity.cost, runtime, sensitivity.kv_cost),
+        "uniform": uniform_points(arch, candidates, fixed, cost, runtime, kv_cost),
     }
 
 

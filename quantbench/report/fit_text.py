@@ -17,6 +17,7 @@ def fit_lines(report: dict) -> str:
     lines.append("tensor types: " + ", ".join(f"{t} x{n}" for t, n in sorted(report["tensor_types"].items())))
     lines.append(f"predicted mean KLD {report['predicted_kld']:.5f} (estimate vs direct rank correlation "
                  f"{s['spearman']:.2f} over {len(s['direct'])} direct measurements); plan from {report['plan_origin']}")
+    lines.append(f"  of which llama.cpp's rounding of the activations (CPU backend): {s['activation_rounding']['plan']:.5f}")
     lines.append(f"run it with: llama-cli -m {report['artifact']} {report['llama_cpp_flags']}")
     lines.append(f"frontier: {report['artifact'].removesuffix('.gguf')}.frontier.json / .frontier.png")
     return "\n".join(lines)
