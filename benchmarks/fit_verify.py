@@ -119,7 +119,8 @@ def main() -> int:
             runs.append({
                 "uniform": f"{t}-imat", "candidates": tag, "budget_bytes": budget,
                 "uniform_weights_bytes": weights, "fit_weights_bytes": report["weights_bytes"],
-                "fit_tensor_types": report["tensor_types"],
+                "fit_tensor_types": report["tensor_types"], "fit_plan_origin": report["plan_origin"],
+                "predicted_fit_activation_rounding": report["sensitivity"]["activation_rounding"]["plan"],
                 "uniform_kld": mean_interval(uniform_kld).to_dict(), "fit_kld": mean_interval(kld).to_dict(),
                 "difference_fit_minus_uniform": diff.to_dict(), "fit_better": diff.high < 0,
                 "predicted_fit_kld": report["predicted_kld"], "predicted_uniform_kld": uni_pred,
@@ -153,7 +154,8 @@ def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_
     result = {"model": work.source.name, "text": work.text.name, "protocol": settings.protocol.describe(),
               "scored_windows": args.windows, "scored_tokens": sum(len(w.targets) for w in work.windows[: args.windows]),
               "reference_ppl": ref_ppl, "context": CONTEXT, "kv_cache_type": "F16", "runs": runs,
-              "sensitivity": {k: sens[k] for k in ("scale", "spearman", "spearman_within_type", "direct", "kv_cost", "tokens", "settings", "seconds")},
+              "sensitivity": {k: sens[k] for k in ("scale", "spearman", "spearman_within_type", "direct", "kv_cost", "tokens", "settings", "seconds",
+                                                        "activation_rounding")},
               "frontiers": frontiers, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "seconds": time.perf_counter() - started, "device": "cpu (2 shared cores)"}
     (args.out / "fit_verify.json").write_text(json.dumps(result, indent=2, default=str))
@@ -162,14 +164,14 @@ def write_results(args, work, settings, ref_ppl, runs, sens, frontiers, runtime_
 
 def markdown(result: dict) -> str:
     lines = ["| candidates | size of | weights uniform / fit (B) | uniform KLD [95% CI] | fit KLD [95% CI] | fit - uniform [95% CI] | "
-             "predicted uniform / fit | fit better |", "|---|---|---|---|---|---|---|---|"]
+             "predicted uniform / fit | fit better | fit's plan from |", "|---|---|---|---|---|---|---|---|---|"]
     f = lambda i: f"{i['estimate']:.5f} [{i['low']:.5f}, {i['high']:.5f}]"  # noqa: E731
     for r in result["runs"]:
         pu = f"{r['predicted_uniform_kld']:.5f}" if r["predicted_uniform_kld"] is not None else "-"
         lines.append(f"| {r['candidates']} | {r['uniform']} | {r['uniform_weights_bytes']:,} / {r['fit_weights_bytes']:,} | "
                      f"{f(r['uniform_kld'])} | {f(r['fit_kld'])} | {r['difference_fit_minus_uniform']['estimate']:+.5f} "
                      f"[{r['difference_fit_minus_uniform']['low']:+.5f}, {r['difference_fit_minus_uniform']['high']:+.5f}] | "
-                     f"{pu} / {r['predicted_fit_kld']:.5f} | {'yes' if r['fit_better'] else 'no'} |")
+                     f"{pu} / {r['predicted_fit_kld']:.5f} | {'yes' if r['fit_better'] else 'no'} | {r['fit_plan_origin']} |")
     s = result["sensitivity"]
     lines.append("")
     lines.append(f"Estimate vs direct rank correlation (Spearman): {s['spearman']:.3f} over {len(s['direct'])} direct measurements"
