@@ -99,8 +99,8 @@ def measure_activation_costs(run, candidates: list[TensorCandidates], reference:
         if not linears:  # only looked up by row: llama.cpp dequantizes those rows exactly
             out[name][kind] = 0.0
             continue
-        hooks = [m.register_forward_pre_hook(lambda m, args, kind=kind: (round_activations(args[0], kind), *args[1:]))
-                 for m in linears]
+        hooks = [layer.register_forward_pre_hook(lambda _, args, kind=kind: (round_activations(args[0], kind), *args[1:]))
+                 for layer in linears]
         try:
             with torch.no_grad():
                 klds = [token_kld(ref, torch.log_softmax(run.model(torch.tensor([w], device=run.device), use_cache=False)
