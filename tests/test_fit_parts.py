@@ -168,7 +168,9 @@ def test_frontier_plot_labels_do_not_overlap(tmp_path):
     items = [(5, 5, "Q4_K_M-imat"), (5.05, 5.05, "IQ4_XS-imat"), (5.1, 4.95, "Q4_0-imat"), (2, 2, "Q8_0")]
     anns = place_labels(ax, fig, items)
     r = fig.canvas.get_renderer()
-    boxes = [a.get_window_extent(r) for a in anns]
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(a, r) for a in anns]  # the labels, not their leader lines
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
     plt.close(fig)
     frontier = {"context": 512, "points": [{"total_bytes": 1e8, "predicted_kld": 0.1}, {"total_bytes": 2e8, "predicted_kld": 0.01}],

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 # Offsets (points) tried in turn for each label until its box overlaps no label drawn before it.
+_LEADER = {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": 2}
 _LABEL_OFFSETS = [(5, 5), (5, -12), (-5, 8), (-5, -14), (8, 16), (8, -22), (-8, 20), (-8, -26), (12, 28), (12, -34)]
+
+
+def _text_box(ann, renderer):
+    """The label's own box (an Annotation's extent also covers its leader line)."""
+    from matplotlib.text import Text
+
+    return Text.get_window_extent(ann, renderer)
 
 
 def place_labels(ax, fig, items: list[tuple[float, float, str]], fontsize: int = 7) -> list:
@@ -16,14 +24,16 @@ def place_labels(ax, fig, items: list[tuple[float, float, str]], fontsize: int =
     for x, y, text in sorted(items, key=lambda item: item[0]):
         for dx, dy in _LABEL_OFFSETS:
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top")
-            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                              arrowprops=_LEADER)  # a thin line from the label to its point: no guessing whose it is
+            box = _text_box(ann, renderer).expanded(1.05, 1.1)
             if not any(box.overlaps(b) for b in placed_boxes):
                 break
             ann.remove()
         else:
-            ann = ax.annotate(text, (x, y), xytext=_LABEL_OFFSETS[0], textcoords="offset points", fontsize=fontsize)
-            box = ann.get_window_extent(renderer)
+            ann = ax.annotate(text, (x, y), xytext=_LABEL_OFFSETS[0], textcoords="offset points", fontsize=fontsize,
+                              arrowprops=_LEADER)
+            box = _text_box(ann, renderer)
         placed_boxes.append(box)
         annotations.append(ann)
     return annotations
