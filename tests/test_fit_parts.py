@@ -160,13 +160,14 @@ def test_frontier_plot_labels_do_not_overlap(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from quantbench.report.frontier import place_labels, plot_frontier
+    from quantbench.report.frontier import plot_frontier
+    from quantbench.report.plot import place_labels
 
     fig, ax = plt.subplots()
     ax.set_xlim(0, 10)
     ax.set_ylim(0, 10)
     items = [(5, 5, "Q4_K_M-imat"), (5.05, 5.05, "IQ4_XS-imat"), (5.1, 4.95, "Q4_0-imat"), (2, 2, "Q8_0")]
-    anns = place_labels(ax, fig, items)
+    anns = place_labels(fig, ax, items)
     r = fig.canvas.get_renderer()
     from matplotlib.text import Text
 

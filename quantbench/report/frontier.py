@@ -1,42 +1,9 @@
-"""The fit frontier: predicted mean KLD against bytes, the uniform types beside it, labels that do not overlap."""
+"""The fit frontier: predicted mean KLD against bytes, the uniform types beside it, labels that do not overlap
+(placed by report/plot.py's place_labels, as on the compare plot)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-# Offsets (points) tried in turn for each label until its box overlaps no label drawn before it.
-_LEADER = {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": 2}
-_LABEL_OFFSETS = [(5, 5), (5, -12), (-5, 8), (-5, -14), (8, 16), (8, -22), (-8, 20), (-8, -26), (12, 28), (12, -34)]
-
-
-def _text_box(ann, renderer):
-    """The label's own box (an Annotation's extent also covers its leader line)."""
-    from matplotlib.text import Text
-
-    return Text.get_window_extent(ann, renderer)
-
-
-def place_labels(ax, fig, items: list[tuple[float, float, str]], fontsize: int = 7) -> list:
-    """Annotate (x, y, text) items greedily: each label takes the first offset whose box is free."""
-    renderer = fig.canvas.get_renderer()
-    placed_boxes = []
-    annotations = []
-    for x, y, text in sorted(items, key=lambda item: item[0]):
-        for dx, dy in _LABEL_OFFSETS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
-                              arrowprops=_LEADER)  # a thin line from the label to its point: no guessing whose it is
-            box = _text_box(ann, renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in placed_boxes):
-                break
-            ann.remove()
-        else:
-            ann = ax.annotate(text, (x, y), xytext=_LABEL_OFFSETS[0], textcoords="offset points", fontsize=fontsize,
-                              arrowprops=_LEADER)
-            box = _text_box(ann, renderer)
-        placed_boxes.append(box)
-        annotations.append(ann)
-    return annotations
 
 
 def plot_frontier(frontier: dict, path: Path, chosen: dict | None = None, title: str = "") -> None:
@@ -47,6 +14,8 @@ def plot_frontier(frontier: dict, path: Path, chosen: dict | None = None, title:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from quantbench.report.plot import place_labels
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     pts = frontier["points"]
@@ -85,7 +54,7 @@ def plot_frontier(frontier: dict, path: Path, chosen: dict | None = None, title:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    place_labels(ax, fig, labels)
+    place_labels(fig, ax, labels)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
