@@ -145,16 +145,14 @@ class Frontier:
             current[g.name] = o
 
     def _trace(self, c: int) -> Allocation:
-        choice, total, cost = {}, 0, 0.0
+        choice = {}
         for g in range(len(self.groups) - 1, -1, -1):
             option = self.groups[g].options[int(self._choice[g, c])]
             choice[self.groups[g].name] = option.label
-            total += option.bytes
-            cost += option.cost
             c -= self._cells(g, option)
         if c != 0:
             raise AssertionError("knapsack trace did not end at zero cells")  # a bug, not bad input
-        return Allocation(dict(reversed(choice.items())), total, cost)
+        return self.allocation(choice)
 
     def points(self, max_points: int = 400) -> list[Allocation]:
         """Frontier allocations where the cost strictly drops, thinned to at most `max_points`."""
